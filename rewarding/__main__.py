@@ -1,0 +1,59 @@
+"""Run the rewarding stage alone (no Ray): samples shards in, scored shards out (same names).
+
+    python -m rewarding --input OUT/samples --output OUT/scored [--config F] [backend=classifier model=DIR ...]
+"""
+
+import sys
+import time
+from pathlib import Path
+
+from common.cli import ConfigError, load_config, stage_parser
+from common.manifest import read_manifest, write_manifest
+from common.shards import ShardError, list_shards, read_shard, write_shard
+from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
+from rewarding.config import ScorerConfig
+from rewarding.schema import SCORED_SCHEMA
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__).parse_args(argv)
+    try:
+        cfg = load_config(ScorerConfig, args.config, args.overrides, section="rewarding")
+        shards = list_shards(args.input)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from common.assets import model_identity
+    from rewarding.scorer import Scorer
+
+    out = Path(args.output)
+    scorer = Scorer(cfg)
+    rows = errors = responses = 0
+    t0 = time.time()
+    for path in shards:
+        try:
+            samples = read_shard(path, SAMPLES_SCHEMA)
+        except ShardError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        scored = scorer(samples)
+        write_shard(scored, out / path.name, SCORED_SCHEMA)
+        rows += scored.num_rows
+        errors += sum(e is not None for e in scored.column(ERROR).to_pylist())
+        responses += sum(len(r) for r in scored.column(RESPONSES).to_pylist())
+    dt = time.time() - t0
+    upstream = read_manifest(args.input) if Path(args.input).is_dir() else None
+    write_manifest(out, {
+        "stage": "rewarding", "config": {"rewarding": cfg.model_dump(mode="json")},
+        "inputs": [str(p) for p in shards],
+        "models": {"reward": model_identity(scorer.model_path), **((upstream or {}).get("models", {}))},
+        "counts": {"rows_in": rows, "rows_out": rows - errors, "row_errors": errors, "responses_scored": responses},
+        "timing_s": {"score": round(dt, 2)},
+    })
+    print(f"[rewarding] {rows} prompts, {responses} responses scored in {dt:.1f}s "
+          f"({responses / max(dt, 1e-9):.0f}/s), {errors} row errors -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

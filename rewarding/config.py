@@ -1,0 +1,32 @@
+"""Config of the rewarding stage. Imports nothing heavy."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BUILTIN_EMBEDDER = "builtin:all-minilm-l6-v2"
+
+
+class Backend(StrEnum):
+    EMBEDDING = "embedding"    # cosine relevance from a sentence-embedding model (embedded default)
+    CLASSIFIER = "classifier"  # HF sequence-classification reward model, num_labels=1, raw logit
+
+
+class ScorerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Backend = Field(Backend.EMBEDDING, description="embedding | classifier")
+    model: str = Field(BUILTIN_EMBEDDER, description="local HF folder or builtin:all-minilm-l6-v2")
+    max_length: int = Field(512, gt=8, description="tokens per scored input (longer inputs are truncated)")
+    batch_size: int = Field(64, gt=0, description="max sequences per forward pass")
+    max_batch_tokens: int = Field(16384, gt=0, description="max padded tokens per forward pass")
+    reference_weight: float = Field(
+        0.5, ge=0, le=1,
+        description="embedding backend, rows with a reference: reward = (1-w)*cos(response, prompt) "
+        "+ w*cos(response, reference); without a reference w is 0")
+    device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
+    dtype: str = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    trust_remote_code: bool = Field(False, description="allow model code from the model folder")
+    allow_pickle_weights: bool = Field(False, description="allow .bin (pickle) weights; default safetensors only")

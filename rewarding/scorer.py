@@ -1,0 +1,156 @@
+"""Scorer: k rewards per prompt from a reward model, plus the per-prompt distribution.
+
+Two backends behind one callable (`scorer(samples_table) -> scored_table`):
+- classifier: a Hugging Face sequence-classification reward model (num_labels=1), fed the
+  conversation + response rendered with the reward model's own chat template; returns the raw
+  logit (no sigmoid: Algorithm 1 thresholds raw differences).
+- embedding: cosine relevance of the response to the prompt (and to the reference answer when
+  the row has one) from a sentence-embedding model, mean-pooled (the embedded default: MiniLM).
+
+Inputs are sorted by token length and packed into batches under a token budget, so padding is
+small and the model sees few, full batches. A non-finite reward makes the row an error row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from common.assets import resolve_model
+from common.shards import conform
+from generation.schema import ERROR, PROMPT, REFERENCE, RESPONSES, SAMPLES_SCHEMA
+from rewarding.config import Backend, ScorerConfig
+from rewarding.schema import REWARD_MAX, REWARD_MEAN, REWARD_MIN, REWARD_STD, REWARDS, SCORED_SCHEMA
+
+
+def length_batches(lengths: list[int], max_batch: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped longest-first so each batch's padded size (len(batch) * longest) fits the
+    token budget and holds at most max_batch sequences."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest_if > max_tokens):
+            batches.append(cur)
+            cur, longest_if = [], lengths[i]
+        cur.append(i)
+        longest = longest_if
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _last_user_text(conv: list[dict]) -> str:
+    return next(m["content"] for m in reversed(conv) if m["role"] == "user")
+
+
+class Scorer:
+    def __init__(self, config: ScorerConfig):
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+        self.config = config
+        self.model_path = resolve_model(config.model)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
+        dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
+        kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code,
+                  "use_safetensors": not config.allow_pickle_weights}
+        match config.backend:
+            case Backend.CLASSIFIER:
+                model = AutoModelForSequenceClassification.from_pretrained(self.model_path, **kwargs)
+                if model.config.num_labels != 1:
+                    raise ValueError(f"{self.model_path}: reward model must have num_labels=1, "
+                                     f"has {model.config.num_labels}")
+                if self.tokenizer.pad_token_id is None:
+                    self.tokenizer.pad_token = self.tokenizer.eos_token
+                model.config.pad_token_id = self.tokenizer.pad_token_id
+            case Backend.EMBEDDING:
+                model = AutoModel.from_pretrained(self.model_path, **kwargs)
+        self.tokenizer.padding_side = "right"
+        self.model = model.to(self.device).eval()
+
+    def _forward(self, texts: list[str]):
+        """Run the model over texts in length-sorted, token-budgeted batches.
+        Returns (n,) raw logits (classifier) or (n, d) L2-normalised embeddings (embedding)."""
+        import torch
+
+        c = self.config
+        enc = self.tokenizer(texts, add_special_tokens=c.backend == Backend.EMBEDDING,
+                             truncation=True, max_length=c.max_length)["input_ids"]
+        out: list = [None] * len(texts)
+        with torch.inference_mode():
+            for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens):
+                padded = self.tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+                ids = padded["input_ids"].to(self.device)
+                mask = padded["attention_mask"].to(self.device)
+                if c.backend == Backend.CLASSIFIER:
+                    vals = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # (b,) raw
+                else:
+                    hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
+                    m = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+                    vals = torch.nn.functional.normalize(pooled.float(), dim=-1)  # (b, d)
+                for j, i in enumerate(idx):
+                    out[i] = vals[j].cpu().numpy()
+        return np.stack(out) if out else np.zeros((0,))
+
+    def _classifier_texts(self, conv: list[dict], response: str) -> str:
+        full = conv + [{"role": "assistant", "content": response}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(full, tokenize=False)
+        # No template: plain turns, the convention of template-less reward models.
+        return "\n\n".join(f"{m['role']}: {m['content']}" for m in full)
+
+    def score(self, convs: list[list[dict]], responses: list[list[str]], refs: list[str | None]) -> list[list[float]]:
+        """(n_prompts, k_i) raw rewards for each prompt's responses."""
+        flat = [(i, r) for i, rs in enumerate(responses) for r in rs]
+        if not flat:
+            return [[] for _ in responses]
+        match self.config.backend:
+            case Backend.CLASSIFIER:
+                vals = self._forward([self._classifier_texts(convs[i], r) for i, r in flat])  # (N,)
+            case Backend.EMBEDDING:
+                # Unique prompt and reference texts are embedded once per batch, not once per response.
+                anchors = sorted({_last_user_text(c) for c in convs} | {r for r in refs if r})
+                anchor_row = {t: j for j, t in enumerate(anchors)}
+                emb = self._forward(anchors + [r for _, r in flat])   # (A + N, d)
+                a_emb, r_emb = emb[: len(anchors)], emb[len(anchors):]
+                p_idx = np.array([anchor_row[_last_user_text(convs[i])] for i, _ in flat])
+                vals = (r_emb * a_emb[p_idx]).sum(-1)                 # (N,) cos(response, prompt)
+                w = self.config.reference_weight
+                has_ref = np.array([bool(refs[i]) for i, _ in flat])
+                if w > 0 and has_ref.any():
+                    ref_idx = np.array([anchor_row[refs[i]] if refs[i] else 0 for i, _ in flat])
+                    ref_cos = (r_emb * a_emb[ref_idx]).sum(-1)
+                    vals = np.where(has_ref, (1 - w) * vals + w * ref_cos, vals)
+        rewards: list[list[float]] = [[] for _ in responses]
+        for (i, _), v in zip(flat, vals.tolist(), strict=True):
+            rewards[i].append(float(v))
+        return rewards
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = conform(batch, SAMPLES_SCHEMA, "scorer input")
+        errors = batch.column(ERROR).to_pylist()
+        responses = [rs if err is None else [] for rs, err in
+                     zip(batch.column(RESPONSES).to_pylist(), errors, strict=True)]
+        rewards = self.score(batch.column(PROMPT).to_pylist(), responses, batch.column(REFERENCE).to_pylist())
+        stats: dict[str, list] = {REWARD_MEAN: [], REWARD_STD: [], REWARD_MIN: [], REWARD_MAX: []}
+        for i, rs in enumerate(rewards):
+            if rs and not all(math.isfinite(r) for r in rs):
+                errors[i] = errors[i] or f"nonfinite_reward: {sum(not math.isfinite(r) for r in rs)} of {len(rs)}"
+            arr = np.asarray(rs, dtype=np.float64)
+            ok = bool(rs) and errors[i] is None
+            stats[REWARD_MEAN].append(float(arr.mean()) if ok else None)
+            stats[REWARD_STD].append(float(arr.std()) if ok else None)
+            stats[REWARD_MIN].append(float(arr.min()) if ok else None)
+            stats[REWARD_MAX].append(float(arr.max()) if ok else None)
+        columns = {name: batch.column(name) for name in SAMPLES_SCHEMA.names}
+        columns[ERROR] = pa.array(errors, pa.string())
+        columns[REWARDS] = pa.array(rewards, pa.list_(pa.float64()))
+        columns |= stats
+        return pa.table(columns, schema=SCORED_SCHEMA)
