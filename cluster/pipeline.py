@@ -1,0 +1,345 @@
+"""The RS-DPO data job as one streaming Ray Data pipeline.
+
+    prompts (driver: load, validate, quarantine, seeded shuffle, cut into shards)
+      -> map_batches(SamplerActor)  actor pool of vLLM engines, one shard per batch
+      -> map_batches(ScorerActor)   actor pool of reward models
+      -> map_batches(commit_shard)  tasks: pair (pure), write pairs shard, write scored shard
+      => OUT/scored/shard-NNNNN.parquet, OUT/pairs/shard-NNNNN.parquet, manifests, dataset card
+
+A shard (`shard_size` prompts) is the unit of streaming, commit and resume: each writer writes
+the pairs shard then the scored shard, each atomically (temp + rename); the scored shard is the
+commit marker. A re-run with the same config skips committed shards. Seeds derive from
+(run seed, prompt_id), so the content of a shard does not depend on which actor took it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from cluster.config import RunConfig
+from common.assets import model_identity, resolve_model
+from common.manifest import read_manifest, write_manifest
+from common.shards import conform, list_shards, write_shard
+from generation.config import SamplerConfig
+from generation.prompts import load_prompts
+from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
+from pairing.config import PairingConfig
+from pairing.pairs import make_pairs
+from pairing.schema import PAIRS_SCHEMA
+from rewarding.config import ScorerConfig
+from rewarding.schema import SCORED_SCHEMA
+
+log = logging.getLogger("rsdpo")
+
+# Bookkeeping columns that travel with each row through the actors; never written to shards.
+SHARD = "_shard"
+SHARD_ROWS = "_shard_rows"
+T_SAMPLE = "_t_sample"
+T_SCORE = "_t_score"
+META = [SHARD, SHARD_ROWS]
+# Workers never reach for a hub; vLLM's per-request INFO lines would drown the job's progress.
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+              "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+
+
+class RunRefused(RuntimeError):
+    """The output folder holds a run this config would contradict; the message says what to do."""
+
+
+class ErrorRateExceeded(RuntimeError):
+    pass
+
+
+def _with_meta(out: pa.Table, batch: pa.Table, extra: dict[str, float]) -> pa.Table:
+    for name in [*META, T_SAMPLE]:
+        if name in batch.column_names:
+            out = out.append_column(name, batch.column(name))
+    for name, value in extra.items():
+        out = out.append_column(name, pa.array([value] * out.num_rows, pa.float64()))
+    return out
+
+
+class SamplerActor:
+    """Ray Data actor around generation.Sampler: loads vLLM once per actor."""
+
+    def __init__(self, config: dict):
+        from generation.sampler import Sampler
+
+        self.sampler = Sampler(SamplerConfig.model_validate(config))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        out = self.sampler(batch.drop_columns(META))
+        return _with_meta(out, batch, {T_SAMPLE: time.perf_counter() - t0})
+
+
+class ScorerActor:
+    """Ray Data actor around rewarding.Scorer: loads the reward model once per actor."""
+
+    def __init__(self, config: dict):
+        from rewarding.scorer import Scorer
+
+        self.scorer = Scorer(ScorerConfig.model_validate(config))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        t0 = time.perf_counter()
+        out = self.scorer(batch.drop_columns([*META, T_SAMPLE]))
+        return _with_meta(out, batch, {T_SCORE: time.perf_counter() - t0})
+
+
+def shard_seed(seed: int, shard: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{shard}".encode()).digest()[:4], "big")
+
+
+def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
+    """Pair each complete shard in the batch, then write pairs and scored shards (scored last:
+    it is the commit marker). Returns one summary row per shard for the driver."""
+    out = Path(out_dir)
+    pcfg = PairingConfig.model_validate(pairing)
+    summaries = []
+    for shard in sorted(set(batch.column(SHARD).to_pylist())):
+        mask = pa.compute.equal(batch.column(SHARD), shard)
+        part = batch.filter(mask)
+        expected = part.column(SHARD_ROWS)[0].as_py()
+        if part.num_rows != expected:
+            # Ray Data split a shard's block; committing part of it would lose prompts on resume.
+            raise RuntimeError(f"shard {shard} arrived with {part.num_rows} of {expected} rows")
+        scored = conform(part, SCORED_SCHEMA, f"shard {shard}")
+        t0 = time.perf_counter()
+        result = make_pairs(scored, pcfg, shuffle_seed=shard_seed(pcfg.seed, shard))
+        t_pair = time.perf_counter() - t0
+        write_shard(result.pairs, out / "pairs" / f"{shard}.parquet", PAIRS_SCHEMA)
+        write_shard(scored, out / "scored" / f"{shard}.parquet", SCORED_SCHEMA)
+        errors = scored.column(ERROR).to_pylist()
+        summaries.append({
+            "shard": shard, "prompts": scored.num_rows, "row_errors": sum(e is not None for e in errors),
+            "pairs": result.pairs.num_rows, "prompts_with_pairs": result.stats["prompts_with_pairs"],
+            "responses": sum(len(r) for r in scored.column(RESPONSES).to_pylist()),
+            "output_tokens": sum(sum(t) for t in scored.column(NUM_TOKENS).to_pylist()),
+            "t_sample": part.column(T_SAMPLE)[0].as_py(), "t_score": part.column(T_SCORE)[0].as_py(),
+            "t_pair": t_pair, "committed_at": time.time(),
+        })
+    return pa.Table.from_pylist(summaries)
+
+
+def plan_shards(prompts: pa.Table, cfg: RunConfig) -> list[tuple[str, pa.Table]]:
+    """Seeded shuffle (so shards mix sources/topics), then cut into named shards of shard_size."""
+    perm = np.random.default_rng(cfg.seed).permutation(prompts.num_rows)
+    shuffled = prompts.take(pa.array(perm, pa.int64()))
+    return [(f"shard-{i // cfg.shard_size:05d}", shuffled.slice(i, cfg.shard_size))
+            for i in range(0, shuffled.num_rows, cfg.shard_size)]
+
+
+def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool) -> None:
+    out = cfg.out
+    plan_ids = {name: t.column(PROMPT_ID).to_pylist() for name, t in plan}
+    record = {"fingerprint": cfg.fingerprint(), "shards": plan_ids}
+    plan_file = out / "plan.json"
+    if fresh:
+        for sub in ("scored", "pairs"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        plan_file.unlink(missing_ok=True)
+    elif plan_file.exists():
+        old = json.loads(plan_file.read_text())
+        if old["fingerprint"] != record["fingerprint"]:
+            raise RunRefused(
+                f"{out} holds shards from a different configuration (fingerprint {old['fingerprint']} != "
+                f"{record['fingerprint']}: model, k, seed, sampling, reward or pairing settings changed). "
+                f"Resuming would mix inconsistent shards. Use a new output_dir, or pass --fresh to discard "
+                f"them. To re-pair cached rewards with new eta/tau, run "
+                f"`python -m pairing --input {out / 'scored'} --output OTHER_DIR eta=.. tau=..`.")
+        if old["shards"] != plan_ids:
+            raise RunRefused(
+                f"{out}: the prompt set changed since the shards were written (different prompts or "
+                f"order). Use a new output_dir or pass --fresh.")
+    elif list((out / "scored").glob("*.parquet")) if (out / "scored").exists() else False:
+        raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = plan_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, plan_file)
+
+
+def connect(cfg: RunConfig) -> str:
+    """Join the cluster `ray job submit` points us at (RAY_ADDRESS), else start a local one."""
+    if ray.is_initialized():
+        return "existing"
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return os.environ["RAY_ADDRESS"]
+    ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False, log_to_driver=True)
+    return "local"
+
+
+def _totals(out: Path) -> dict:
+    """Counts over every committed shard (this session's and earlier ones)."""
+    rows = errors = pairs = with_pairs = 0
+    error_rows = []
+    for path in list_shards(out / "scored"):
+        t = pq.read_table(path, columns=[PROMPT_ID, ERROR])
+        for pid, err in zip(t.column(PROMPT_ID).to_pylist(), t.column(ERROR).to_pylist(), strict=True):
+            rows += 1
+            if err is not None:
+                errors += 1
+                error_rows.append({"prompt_id": pid, "error": err, "shard": path.name})
+    pair_ids = set()
+    for path in list_shards(out / "pairs"):
+        t = pq.read_table(path, columns=[PROMPT_ID])
+        pairs += t.num_rows
+        pair_ids.update(t.column(PROMPT_ID).to_pylist())
+    with_pairs = len(pair_ids)
+    return {"rows": rows, "row_errors": errors, "pairs": pairs, "prompts_with_pairs": with_pairs,
+            "error_rows": error_rows}
+
+
+def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
+    """Run (or resume) the job; returns the run manifest."""
+    t_start = time.time()
+    out = cfg.out
+    loaded = load_prompts(cfg.prompts)
+    if loaded.table.num_rows == 0:
+        raise ValueError(f"prompts.source={cfg.prompts.source}: no usable prompts "
+                         f"({len(loaded.rejects)} rejected; see the reasons in {out}/quarantine.jsonl)")
+    plan = plan_shards(loaded.table, cfg)
+    _check_resume(cfg, plan, fresh)
+    if loaded.rejects:
+        (out / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loaded.rejects))
+        print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {out / 'quarantine.jsonl'}", flush=True)
+    done = {p.stem for p in list_shards(out / "scored")} if (out / "scored").exists() else set()
+    todo = [(name, t) for name, t in plan if name not in done]
+    print(f"[rsdpo] {loaded.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "
+          f"{len(todo)} to run -> {out}", flush=True)
+
+    policy_path = resolve_model(cfg.generation.model)
+    reward_path = resolve_model(cfg.rewarding.model)
+    session: list[dict] = []
+    address = None
+    if todo:
+        address = connect(cfg)
+        r = cfg.resources
+        blocks = []
+        for name, t in todo:
+            t = t.append_column(SHARD, pa.array([name] * t.num_rows, pa.string()))
+            blocks.append(t.append_column(SHARD_ROWS, pa.array([t.num_rows] * t.num_rows, pa.int64())))
+        ds = ray.data.from_arrow(blocks)
+        common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True,
+                  "runtime_env": {"env_vars": WORKER_ENV}}
+        ds = ds.map_batches(SamplerActor, fn_constructor_kwargs={"config": cfg.generation.model_dump(mode="json")},
+                            concurrency=r.sampler_replicas, num_cpus=r.sampler_num_cpus,
+                            num_gpus=r.sampler_num_gpus, **common)
+        ds = ds.map_batches(ScorerActor, fn_constructor_kwargs={"config": cfg.rewarding.model_dump(mode="json")},
+                            concurrency=r.scorer_replicas, num_cpus=r.scorer_num_cpus,
+                            num_gpus=r.scorer_num_gpus, **common)
+        ds = ds.map_batches(commit_shard, fn_kwargs={"out_dir": str(out), "pairing": cfg.pairing.model_dump(mode="json")},
+                            num_cpus=r.writer_num_cpus, **common)
+        t0 = time.time()
+        n_prompts = sum(t.num_rows for _, t in todo)
+        seen = errors = 0
+        for row in ds.iter_rows():
+            session.append(row)
+            seen += row["prompts"]
+            errors += row["row_errors"]
+            el = time.time() - t0
+            eta = el / seen * (n_prompts - seen) if seen else float("nan")
+            print(f"[rsdpo] committed {row['shard']}: {row['prompts']} prompts, {row['row_errors']} errors, "
+                  f"{row['pairs']} pairs | {seen}/{n_prompts} prompts, {seen / el:.2f} prompts/s, "
+                  f"ETA {eta:.0f}s", flush=True)
+            if seen >= min(n_prompts, 2 * cfg.shard_size) and errors / seen > cfg.max_error_rate:
+                raise ErrorRateExceeded(
+                    f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
+                    f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
+                    f"column of {out / 'scored'} and fix the input or config, then re-run to resume.")
+    return finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_path)
+
+
+def _rates(session: list[dict], wall: float) -> dict:
+    if not session:
+        return {}
+    s = {k: sum(row[k] for row in session) for k in ("prompts", "responses", "output_tokens", "pairs",
+                                                     "t_sample", "t_score", "t_pair")}
+    busy = lambda n, t: round(n / t, 2) if t > 0 else None  # noqa: E731
+    return {
+        "wall_s": round(wall, 1),
+        "prompts_per_s": round(s["prompts"] / wall, 3),
+        "output_tokens_per_s": round(s["output_tokens"] / wall, 1),
+        "responses_scored_per_s": round(s["responses"] / wall, 2),
+        "pairs_per_s": round(s["pairs"] / wall, 2),
+        # per-actor busy rates: what one replica of each stage sustains (size sampler:scorer from these)
+        "sampler_busy_output_tokens_per_s": busy(s["output_tokens"], s["t_sample"]),
+        "sampler_busy_prompts_per_s": busy(s["prompts"], s["t_sample"]),
+        "scorer_busy_responses_per_s": busy(s["responses"], s["t_score"]),
+        "pairing_busy_prompts_per_s": busy(s["prompts"], s["t_pair"]),
+        "busy_s": {"sample": round(s["t_sample"], 1), "score": round(s["t_score"], 1), "pair": round(s["t_pair"], 3)},
+    }
+
+
+def finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_path) -> dict:
+    out = cfg.out
+    totals = _totals(out)
+    wall = time.time() - t_start
+    prompts_in = loaded.table.num_rows + len(loaded.rejects)
+    counts = {
+        "prompts_in": prompts_in,
+        "rows_out": totals["rows"] - totals["row_errors"],
+        "row_errors": totals["row_errors"],
+        "quarantined": len(loaded.rejects),
+        "shards": len(list_shards(out / "scored")),
+        "shards_planned": len(plan),
+        "pairs": totals["pairs"],
+        "prompts_with_pairs": totals["prompts_with_pairs"],
+    }
+    counts["balanced"] = counts["prompts_in"] == counts["rows_out"] + counts["row_errors"] + counts["quarantined"]
+    models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
+    config = cfg.model_dump(mode="json")
+    warnings = []
+    usable = counts["rows_out"]
+    if usable and counts["prompts_with_pairs"] / usable < cfg.pairing.min_prompts_with_pairs_warn:
+        spreads = []
+        for path in list_shards(out / "scored"):
+            t = pq.read_table(path, columns=["reward_min", "reward_max"])
+            spreads += [hi - lo for lo, hi in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True)
+                        if lo is not None]
+        med = float(np.median(spreads)) if spreads else float("nan")
+        thr = cfg.pairing.tau * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta))
+        suggest = med / (2 * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta))) if spreads else float("nan")
+        warnings.append(
+            f"only {counts['prompts_with_pairs']} of {usable} prompts yielded a pair: the raw threshold "
+            f"tau*ln(eta/(1-eta)) = {thr:.3f} exceeds most prompts' reward spread (median max-min {med:.3f}). "
+            f"A tau near {suggest:.3g} fits this reward's scale; re-pair without regenerating: "
+            f"python -m pairing --input {out / 'scored'} --output OTHER_DIR tau={suggest:.3g}")
+        print(f"[rsdpo] WARNING: {warnings[-1]}", file=sys.stderr, flush=True)
+    run = {
+        "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
+        "counts": counts, "throughput": _rates(session, wall), "ray_address": address,
+        "error_rows": totals["error_rows"], "warnings": warnings,
+        "threshold_raw": cfg.pairing.tau * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta)),
+    }
+    write_manifest(out / "scored", {"stage": "scored", "config": config, "models": models,
+                                    "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})
+    write_manifest(out / "pairs", {"stage": "pairing", "config": {"pairing": config["pairing"]}, "models": models,
+                                   "inputs": [str(out / "scored")], "threshold_raw": run["threshold_raw"],
+                                   "counts": {"prompts_in": totals["rows"], "pairs": counts["pairs"],
+                                              "prompts_with_pairs": counts["prompts_with_pairs"],
+                                              "prompts_errored": counts["row_errors"]},
+                                   "warnings": warnings})
+    try:
+        from pairing.card import write_card
+
+        write_card(out / "pairs", cfg.pairing, read_manifest(out / "pairs")["counts"], [str(out / "scored")])
+    except ImportError:
+        pass
+    write_manifest(out, run)
+    return run

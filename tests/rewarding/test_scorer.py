@@ -1,0 +1,94 @@
+import math
+
+import pyarrow as pa
+import pytest
+
+from generation.schema import SAMPLES_SCHEMA
+from rewarding.config import ScorerConfig
+from rewarding.scorer import Scorer, length_batches
+
+
+def test_length_batches_cover_everything_once_within_budget():
+    lengths = [5, 100, 3, 50, 50, 7, 1, 99]
+    batches = length_batches(lengths, max_batch=3, max_tokens=150)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) * max(lengths[i] for i in b) <= 150 or len(b) == 1
+    # longest first: the first batch holds the longest sequence
+    assert 1 in batches[0]
+
+
+def _samples(convs, responses, refs=None, errors=None):
+    n = len(convs)
+    return pa.table({
+        "prompt_id": [f"p{i}" for i in range(n)], "prompt": convs, "reference": refs or [None] * n,
+        "source": ["t"] * n, "responses": responses,
+        "finish_reasons": [["stop"] * len(r) for r in responses],
+        "num_tokens": [[1] * len(r) for r in responses], "prompt_tokens": [1] * n, "seed": [0] * n,
+        "error": errors or [None] * n}, schema=SAMPLES_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return Scorer(ScorerConfig())
+
+
+def test_embedding_reward_prefers_the_relevant_answer(minilm):
+    conv = [[{"role": "user", "content": "What is the capital of France?"}]]
+    table = minilm(_samples(conv, [["The capital of France is Paris.", "Bananas are rich in potassium."]]))
+    r = table.column("rewards").to_pylist()[0]
+    assert r[0] > r[1]
+    row = table.to_pylist()[0]
+    assert row["reward_max"] == max(r) and row["reward_min"] == min(r)
+    assert math.isclose(row["reward_mean"], sum(r) / 2)
+
+
+def test_reference_pulls_reward_towards_it(minilm):
+    conv = [[{"role": "user", "content": "Name a fruit."}]] * 2
+    resp = [["An apple.", "A banana."]] * 2
+    with_ref = minilm(_samples(conv, resp, refs=[None, "A banana is a fruit."]))
+    r0, r1 = with_ref.column("rewards").to_pylist()
+    assert r1[1] - r1[0] > r0[1] - r0[0]
+
+
+def test_error_rows_pass_through_unscored(minilm):
+    conv = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    out = minilm(_samples(conv, [[], ["x", "y"]], errors=["prompt_too_long: 9 tokens", None]))
+    rows = out.to_pylist()
+    assert rows[0]["rewards"] == [] and rows[0]["error"].startswith("prompt_too_long")
+    assert rows[0]["reward_mean"] is None and len(rows[1]["rewards"]) == 2
+
+
+def test_classifier_returns_raw_logits_independent_of_batching(tiny_reward_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    conv = [[{"role": "user", "content": "Write a poem about rain."}], [{"role": "user", "content": "Hi"}]]
+    responses = [["Rain falls on the sea.", "No.", "The quick brown fox jumps over the lazy dog again."], ["Hello!"]]
+    batched = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), batch_size=64))
+    single = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), batch_size=1))
+    a = batched(_samples(conv, responses)).column("rewards").to_pylist()
+    b = single(_samples(conv, responses)).column("rewards").to_pylist()
+    for x, y in zip(sum(a, []), sum(b, []), strict=True):
+        assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5)
+    # raw logit, computed by hand from the model: no sigmoid applied
+    tok = AutoTokenizer.from_pretrained(tiny_reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    text = tok.apply_chat_template(conv[1] + [{"role": "assistant", "content": "Hello!"}], tokenize=False)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        logit = model(**ids).logits[0, 0].item()
+    assert math.isclose(a[1][0], logit, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_classifier_refuses_multi_label_models(tmp_path, tiny_reward_model):
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(tiny_reward_model)
+    cfg.num_labels = 2
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_reward_model).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=1"):
+        Scorer(ScorerConfig(backend="classifier", model=str(tmp_path)))

@@ -1,0 +1,37 @@
+import pytest
+
+from cluster.config import RunConfig
+from common.cli import ConfigError, load_config, parse_overrides
+
+
+def test_overrides_parse_dotted_yaml_scalars():
+    assert parse_overrides(["generation.k=4", "pairing.eta=0.9", "generation.vllm.enforce_eager=true", "x=[a,b]"]) == {
+        "generation": {"k": 4, "vllm": {"enforce_eager": True}}, "pairing": {"eta": 0.9}, "x": ["a", "b"]}
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_overrides(["k8"])
+
+
+def test_all_config_errors_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, None, ["generation.k=1", "pairing.eta=0.4", "pairing.tau=0", "bogus=1"])
+    msg = str(e.value)
+    assert "4 config error(s)" in msg
+    for field in ("generation.k", "pairing.eta", "pairing.tau", "bogus: unknown key"):
+        assert field in msg
+
+
+def test_cross_stage_rules_and_seed_propagation():
+    cfg = load_config(RunConfig, None, ["seed=7"])
+    assert cfg.generation.seed == 7 and cfg.pairing.seed == 7
+    with pytest.raises(ConfigError, match="rewarding.max_length"):
+        load_config(RunConfig, None, ["generation.max_tokens=600", "rewarding.max_length=128"])
+
+
+def test_fingerprint_tracks_what_changes_outputs():
+    a = RunConfig()
+    assert a.fingerprint() == RunConfig().fingerprint()
+    assert a.fingerprint() != load_config(RunConfig, None, ["generation.k=4"]).fingerprint()
+    assert a.fingerprint() != load_config(RunConfig, None, ["seed=1"]).fingerprint()
+    # engine knobs and batch sizes do not change outputs
+    assert a.fingerprint() == load_config(RunConfig, None, ["generation.vllm.enforce_eager=false",
+                                                            "rewarding.batch_size=8"]).fingerprint()

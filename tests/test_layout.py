@@ -1,0 +1,46 @@
+"""Architecture rules that keep stages runnable without Ray."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["common", "generation", "rewarding", "pairing", "training"]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_cluster_imports_ray():
+    offenders = [str(p.relative_to(ROOT)) for stage in STAGES for p in (ROOT / stage).rglob("*.py")
+                 if "ray" in _imports(p)]
+    assert offenders == [], f"only cluster/ may import ray; found it in {offenders}"
+
+
+def test_config_modules_import_nothing_heavy():
+    heavy = {"torch", "vllm", "transformers", "ray", "trl", "deepspeed", "datasets", "numpy"}
+    for path in ROOT.glob("*/config.py"):
+        assert not (_imports(path) & heavy), f"{path} imports {_imports(path) & heavy}"
+
+
+def test_every_config_file_parses_and_names_its_command():
+    from cluster.config import RunConfig
+    from common.cli import load_config
+
+    files = sorted((ROOT / "cluster" / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        first = f.read_text().splitlines()[0]
+        assert first.startswith("#"), f"{f} must start with a comment giving the command that runs it"
+        data = yaml.safe_load(f.read_text())
+        if {"prompts", "generation"} & set(data):
+            load_config(RunConfig, f)
