@@ -14,7 +14,6 @@ commit marker. A re-run with the same config skips committed shards. Seeds deriv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,7 +36,8 @@ from generation.config import SamplerConfig
 from generation.prompts import load_prompts
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
 from pairing.config import PairingConfig
-from pairing.pairs import make_pairs
+from pairing.pairs import coverage_warning, make_pairs
+from pairing.rules import stable_key
 from pairing.schema import PAIRS_SCHEMA
 from rewarding.config import ScorerConfig
 from rewarding.schema import SCORED_SCHEMA
@@ -100,8 +100,6 @@ class ScorerActor:
         return _with_meta(out, batch, {T_SCORE: time.perf_counter() - t0})
 
 
-def shard_seed(seed: int, shard: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{shard}".encode()).digest()[:4], "big")
 
 
 def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
@@ -119,7 +117,7 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
             raise RuntimeError(f"shard {shard} arrived with {part.num_rows} of {expected} rows")
         scored = conform(part, SCORED_SCHEMA, f"shard {shard}")
         t0 = time.perf_counter()
-        result = make_pairs(scored, pcfg, shuffle_seed=shard_seed(pcfg.seed, shard))
+        result = make_pairs(scored, pcfg, shuffle_seed=stable_key(pcfg.seed, shard))
         t_pair = time.perf_counter() - t0
         write_shard(result.pairs, out / "pairs" / f"{shard}.parquet", PAIRS_SCHEMA)
         write_shard(scored, out / "scored" / f"{shard}.parquet", SCORED_SCHEMA)
@@ -305,22 +303,17 @@ def finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_pat
     models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
     config = cfg.model_dump(mode="json")
     warnings = []
-    usable = counts["rows_out"]
-    if usable and counts["prompts_with_pairs"] / usable < cfg.pairing.min_prompts_with_pairs_warn:
-        spreads = []
-        for path in list_shards(out / "scored"):
-            t = pq.read_table(path, columns=["reward_min", "reward_max"])
-            spreads += [hi - lo for lo, hi in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True)
-                        if lo is not None]
-        med = float(np.median(spreads)) if spreads else float("nan")
-        thr = cfg.pairing.tau * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta))
-        suggest = med / (2 * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta))) if spreads else float("nan")
-        warnings.append(
-            f"only {counts['prompts_with_pairs']} of {usable} prompts yielded a pair: the raw threshold "
-            f"tau*ln(eta/(1-eta)) = {thr:.3f} exceeds most prompts' reward spread (median max-min {med:.3f}). "
-            f"A tau near {suggest:.3g} fits this reward's scale; re-pair without regenerating: "
-            f"python -m pairing --input {out / 'scored'} --output OTHER_DIR tau={suggest:.3g}")
-        print(f"[rsdpo] WARNING: {warnings[-1]}", file=sys.stderr, flush=True)
+    spreads = []
+    for path in list_shards(out / "scored"):
+        t = pq.read_table(path, columns=["reward_min", "reward_max"])
+        spreads += [hi - lo for lo, hi in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True)
+                    if lo is not None]
+    coverage = {"prompts_in": totals["rows"], "prompts_errored": totals["row_errors"],
+                "prompts_with_pairs": totals["prompts_with_pairs"]}
+    if (warning := coverage_warning(cfg.pairing, coverage, np.asarray(spreads, dtype=np.float64))) is not None:
+        warning += f". Re-pair without regenerating: python -m pairing --input {out / 'scored'} --output OTHER_DIR tau=..."
+        warnings.append(warning)
+        print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
     run = {
         "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
         "counts": counts, "throughput": _rates(session, wall), "ray_address": address,

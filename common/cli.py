@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+# Top-level keys of a composed run config (cluster/config.py); a stage picks its own section.
+RUN_SECTIONS = {"prompts", "generation", "rewarding", "pairing", "training", "resources", "output_dir"}
 
 
 class ConfigError(ValueError):
@@ -71,8 +73,11 @@ def load_config(cls: type[M], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        if section is not None and section in loaded and isinstance(loaded[section], dict):
-            loaded = loaded[section]
+        if section is not None:
+            if isinstance(loaded.get(section), dict):
+                loaded = loaded[section]
+            elif RUN_SECTIONS & set(loaded):
+                loaded = {}  # a run config without this stage's section: the stage's defaults
         data = loaded
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)

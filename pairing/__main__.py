@@ -1,0 +1,127 @@
+"""Pairing stage entry point: scored shards -> pairs shards, grid sweeps, and folder validation.
+
+    python -m pairing --input SCORED_DIR_OR_FILE --output PAIRS_DIR [--config FILE] [key=value ...]
+    python -m pairing sweep --input SCORED --output REPORT_DIR [--eta 0.8,0.85,0.9] [--tau 0.8,1.0,1.2] [key=value ...]
+    python -m pairing validate DIR
+
+The plain form writes one pairs shard per scored shard (same file stem), manifest.json (resolved
+config, raw threshold, inputs, counts, errors, warnings) and README.md (dataset card).
+Config errors exit 2; bad input shards exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from common.cli import ConfigError, load_config, stage_parser
+from common.manifest import read_manifest, write_manifest
+from common.shards import ShardError, list_shards, read_shard, write_shard
+from pairing import rules
+from pairing.card import write_card
+from pairing.config import PairingConfig
+from pairing.pairs import coverage_warning, make_pairs, merge_stats
+from pairing.schema import PAIRS_SCHEMA
+from rewarding.schema import SCORED_SCHEMA
+
+COMMANDS = ("run", "sweep", "validate")
+
+
+def run(input_path: str, output: str, config: PairingConfig) -> dict:
+    """Pair every scored shard under `input_path` into `output`; returns the merged stats."""
+    shards = list_shards(input_path)
+    if not shards:
+        raise ConfigError(f"--input {input_path}: no .parquet scored shards there")
+    out = Path(output)
+    stale = sorted({p.name for p in list_shards(out)} - {p.name for p in shards}) if out.is_dir() else []
+    if stale:
+        print(f"warning: {out} also holds shards this run does not write ({', '.join(stale[:5])}"
+              f"{', ...' if len(stale) > 5 else ''}): readers of the folder will see them too", file=sys.stderr)
+    parts, spreads, per_shard = [], [], []
+    for path in shards:
+        result = make_pairs(read_shard(path, SCORED_SCHEMA), config,
+                            shuffle_seed=rules.stable_key(config.seed, path.stem))
+        target = write_shard(result.pairs, out / f"{path.stem}.parquet", PAIRS_SCHEMA)
+        parts.append(result.stats)
+        spreads.append(result.spreads)
+        per_shard.append({"input": str(path), "output": str(target), "prompts": result.stats["prompts_in"],
+                          "pairs": result.stats["pairs"], "errored": result.stats["prompts_errored"]})
+    stats = merge_stats(parts)
+    spread = np.concatenate(spreads)
+    warning = coverage_warning(config, stats, spread)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    upstream = read_manifest(Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent)
+    write_manifest(out, {
+        "stage": "pairing",
+        "config": config.model_dump(mode="json"),
+        "raw_threshold": rules.raw_threshold(config.tau, config.eta),
+        "raw_threshold_note": "rs-dpo accepts (j, l) iff sigmoid((r_j - r_l)/tau) > eta, "
+                              "i.e. r_j - r_l > tau * ln(eta / (1 - eta))",
+        "inputs": [str(p) for p in shards],
+        "upstream_manifest": upstream,
+        "counts": {"in": stats["prompts_in"], "out": stats["pairs"], "errored": stats["prompts_errored"]},
+        "stats": stats,
+        "shards": per_shard,
+        "warnings": [warning] if warning else [],
+    })
+    write_card(out, config, stats, [input_path], spreads=spread)
+    return stats
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m pairing", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[stage_parser("pair scored shards")], add_help=False,
+                   help="pair scored shards (the default: `python -m pairing --input ...` runs this)")
+    sweep = sub.add_parser("sweep", help="re-pair cached scored shards over an eta x tau grid; write a report")
+    sweep.add_argument("--input", required=True, help="scored shard folder or file")
+    sweep.add_argument("--output", required=True, help="report folder (CSV, Markdown, PNG plots)")
+    sweep.add_argument("--eta", default="0.8,0.85,0.9", help="comma-separated eta values")
+    sweep.add_argument("--tau", default="0.8,1.0,1.2", help="comma-separated tau values")
+    sweep.add_argument("--config", help="YAML config (its pairing section) for the other options")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides (dedup_responses=false, ...)")
+    validate = sub.add_parser("validate", help="check a scored or pairs folder's schema and invariants")
+    validate.add_argument("dir", help="shard folder (or one shard file)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["run", *argv]                       # keep `python -m pairing --input ... --output ...`
+    args = _parser().parse_args(argv)
+    try:
+        match args.command:
+            case "run":
+                config = load_config(PairingConfig, args.config, args.overrides, section="pairing")
+                stats = run(args.input, args.output, config)
+                print(f"pairing: {stats['prompts_in']} prompts -> {stats['pairs']} pairs "
+                      f"({stats['prompts_with_pairs']} with pairs, {stats['prompts_without_pairs']} without, "
+                      f"{stats['prompts_errored']} errored), strategy={config.strategy} -> {args.output}")
+            case "sweep":
+                from pairing.sweep import parse_grid, sweep
+                config = load_config(PairingConfig, args.config, args.overrides, section="pairing")
+                report = sweep(args.input, args.output, config, parse_grid(args.eta, "eta"),
+                               parse_grid(args.tau, "tau"))
+                print((report.parent / "sweep.md").read_text() + f"\nsweep: report in {report}")
+            case "validate":
+                from pairing.validate import validate
+                ok, message = validate(args.dir)
+                print(message, file=sys.stdout if ok else sys.stderr)
+                return 0 if ok else 1
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ShardError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
