@@ -30,6 +30,8 @@ class ResourcesConfig(BaseModel):
     scorer_num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per scorer actor")
     writer_num_cpus: float = Field(0.25, gt=0, description="CPUs per shard-writer task")
     num_cpus: int | None = Field(None, gt=0, description="local cluster only: CPUs Ray may use (default: all)")
+    max_actor_restarts: int = Field(
+        3, ge=0, description="restarts of a dead sampler/scorer actor (its batch is retried) before the job fails")
 
 
 class RunConfig(BaseModel):

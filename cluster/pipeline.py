@@ -166,6 +166,9 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool)
     elif list((out / "scored").glob("*.parquet")) if (out / "scored").exists() else False:
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
+    # Temp files of writers killed mid-write: never complete, never read; clear them.
+    for stale in [*out.glob("scored/*.tmp"), *out.glob("pairs/*.tmp")]:
+        stale.unlink(missing_ok=True)
     tmp = plan_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, plan_file)
@@ -235,14 +238,17 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         ds = ray.data.from_arrow(blocks)
         common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True,
                   "runtime_env": {"env_vars": WORKER_ENV}}
+        # A dead actor (pre-emption, OOM kill, segfault) is restarted and its batch retried, a
+        # bounded number of times, so a deterministic crash fails the job instead of looping.
+        retry = {"max_restarts": r.max_actor_restarts, "max_task_retries": r.max_actor_restarts}
         ds = ds.map_batches(SamplerActor, fn_constructor_kwargs={"config": cfg.generation.model_dump(mode="json")},
-                            concurrency=r.sampler_replicas, num_cpus=r.sampler_num_cpus,
-                            num_gpus=r.sampler_num_gpus, **common)
+                            compute=ray.data.ActorPoolStrategy(size=r.sampler_replicas),
+                            num_cpus=r.sampler_num_cpus, num_gpus=r.sampler_num_gpus, **retry, **common)
         ds = ds.map_batches(ScorerActor, fn_constructor_kwargs={"config": cfg.rewarding.model_dump(mode="json")},
-                            concurrency=r.scorer_replicas, num_cpus=r.scorer_num_cpus,
-                            num_gpus=r.scorer_num_gpus, **common)
+                            compute=ray.data.ActorPoolStrategy(size=r.scorer_replicas),
+                            num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus, **retry, **common)
         ds = ds.map_batches(commit_shard, fn_kwargs={"out_dir": str(out), "pairing": cfg.pairing.model_dump(mode="json")},
-                            num_cpus=r.writer_num_cpus, **common)
+                            num_cpus=r.writer_num_cpus, max_retries=r.max_actor_restarts, **common)
         t0 = time.time()
         n_prompts = sum(t.num_rows for _, t in todo)
         seen = errors = 0

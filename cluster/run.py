@@ -14,9 +14,29 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from cluster.config import RunConfig
 from common.cli import ConfigError, load_config
+
+
+def submitted_job() -> bool:
+    """True inside a `ray job submit` driver (the job supervisor sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_output_location(cfg: RunConfig) -> str | None:
+    """A submitted job runs in a copy of the uploaded working dir that Ray deletes later, and
+    whatever lies there is uploaded with every submission: outputs must live outside it."""
+    if not submitted_job():
+        return None
+    out = Path(cfg.output_dir).expanduser()
+    cwd = Path.cwd().resolve()
+    if not out.is_absolute() or out.resolve() == cwd or cwd in out.resolve().parents:
+        return (f"output_dir={cfg.output_dir!r} lies inside the job's working dir ({cwd}), which Ray "
+                f"uploads with each submission and deletes after it. Give an absolute path on shared "
+                f"storage, e.g. output_dir=/mnt/shared/rsdpo/run1")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(RunConfig, args.config, args.overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if (problem := check_output_location(cfg)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from cluster.pipeline import ErrorRateExceeded, RunRefused, run_pipeline
     from generation.prompts import PromptError

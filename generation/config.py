@@ -50,6 +50,8 @@ class SamplerConfig(BaseModel):
     max_model_len: int | None = Field(
         None, gt=16, description="context window in tokens (prompt + response); default: the model's own")
     trust_remote_code: bool = Field(False, description="allow model code from the model folder")
+    allow_pickle_weights: bool = Field(
+        False, description="allow .bin/.pt (pickle) weights; by default only safetensors are loaded")
     vllm: dict[str, Any] = Field(
         default_factory=dict,
         description="passed to vllm.LLM(**vllm), e.g. tensor_parallel_size, gpu_memory_utilization, "

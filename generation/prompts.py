@@ -77,14 +77,14 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[dict]]:
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             where = f"{path}:{n}"
+            if not raw.strip():
+                continue  # blank lines are not rows
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 rejects.append({"source": str(path), "line": where, "field": None,
                                 "reason": f"{where}: not UTF-8 ({e.reason} at byte {e.start})",
                                 "raw": raw[:200].decode("utf-8", "replace")})
-                continue
-            if not line.strip():
                 continue
             try:
                 rows.append((where, json.loads(line)))

@@ -57,6 +57,8 @@ class Sampler:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model_path}: tokenizer has no chat template; prompts are chat messages")
         engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if _cpu_only() else {}
+        if not config.allow_pickle_weights:
+            engine["load_format"] = "safetensors"  # unpickling weights can run arbitrary code
         engine |= config.vllm
         self.llm = LLM(
             model=str(self.model_path), seed=config.seed, max_model_len=config.max_model_len,

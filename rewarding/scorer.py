@@ -73,6 +73,7 @@ class Scorer:
                 model = AutoModel.from_pretrained(self.model_path, **kwargs)
         self.tokenizer.padding_side = "right"
         self.model = model.to(self.device).eval()
+        self.oom_splits = 0  # batches halved after an out-of-memory error (reported in manifests)
 
     def _forward(self, texts: list[str]):
         """Run the model over texts in length-sorted, token-budgeted batches.
@@ -85,19 +86,34 @@ class Scorer:
         out: list = [None] * len(texts)
         with torch.inference_mode():
             for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens):
-                padded = self.tokenizer.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
-                ids = padded["input_ids"].to(self.device)
-                mask = padded["attention_mask"].to(self.device)
-                if c.backend == Backend.CLASSIFIER:
-                    vals = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # (b,) raw
-                else:
-                    hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
-                    m = mask.unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-                    vals = torch.nn.functional.normalize(pooled.float(), dim=-1)  # (b, d)
-                for j, i in enumerate(idx):
-                    out[i] = vals[j].cpu().numpy()
+                for i, v in zip(idx, self._run_batch([enc[i] for i in idx]), strict=True):
+                    out[i] = v
         return np.stack(out) if out else np.zeros((0,))
+
+    def _run_batch(self, ids_list: list[list[int]]) -> list:
+        """One padded forward pass; on out-of-memory, halve the batch and retry down to one input."""
+        import torch
+
+        try:
+            padded = self.tokenizer.pad({"input_ids": ids_list}, return_tensors="pt")
+            ids = padded["input_ids"].to(self.device)
+            mask = padded["attention_mask"].to(self.device)
+            if self.config.backend == Backend.CLASSIFIER:
+                vals = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # (b,) raw
+            else:
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+                vals = torch.nn.functional.normalize(pooled.float(), dim=-1)  # (b, d)
+            return list(vals.cpu().numpy())
+        except torch.OutOfMemoryError:
+            if len(ids_list) == 1:
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.oom_splits += 1
+            half = len(ids_list) // 2
+            return self._run_batch(ids_list[:half]) + self._run_batch(ids_list[half:])
 
     def _classifier_texts(self, conv: list[dict], response: str) -> str:
         full = conv + [{"role": "assistant", "content": response}]

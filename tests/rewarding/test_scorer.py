@@ -92,3 +92,30 @@ def test_classifier_refuses_multi_label_models(tmp_path, tiny_reward_model):
     AutoTokenizer.from_pretrained(tiny_reward_model).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels=1"):
         Scorer(ScorerConfig(backend="classifier", model=str(tmp_path)))
+
+
+def test_out_of_memory_halves_the_batch_down_to_one(minilm, monkeypatch):
+    import torch
+
+    conv = [[{"role": "user", "content": "What is the capital of France?"}]]
+    responses = [["Paris.", "It is Paris, a city on the Seine.", "Lyon?", "Marseille is large.", "No idea."]]
+    expected = minilm(_samples(conv, responses)).column("rewards").to_pylist()
+    real_forward = minilm.model.forward
+
+    def forward_that_ooms_above_two(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(minilm.model, "forward", forward_that_ooms_above_two)
+    got = minilm(_samples(conv, responses)).column("rewards").to_pylist()
+    assert minilm.oom_splits > 0
+    for a, b in zip(expected[0], got[0], strict=True):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+
+    def always_oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("simulated: nothing fits")
+
+    monkeypatch.setattr(minilm.model, "forward", always_oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        minilm(_samples(conv, [["one"]]))
