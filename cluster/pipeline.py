@@ -141,10 +141,11 @@ def plan_shards(prompts: pa.Table, cfg: RunConfig) -> list[tuple[str, pa.Table]]
             for i in range(0, shuffled.num_rows, cfg.shard_size)]
 
 
-def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool) -> None:
+def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, models: dict) -> None:
     out = cfg.out
     plan_ids = {name: t.column(PROMPT_ID).to_pylist() for name, t in plan}
-    record = {"fingerprint": cfg.fingerprint(), "shards": plan_ids}
+    model_hashes = {role: m["sha256"] for role, m in models.items()}
+    record = {"fingerprint": cfg.fingerprint(), "models": model_hashes, "shards": plan_ids}
     plan_file = out / "plan.json"
     if fresh:
         for sub in ("scored", "pairs"):
@@ -159,6 +160,11 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool)
                 f"Resuming would mix inconsistent shards. Use a new output_dir, or pass --fresh to discard "
                 f"them. To re-pair cached rewards with new eta/tau, run "
                 f"`python -m pairing --input {out / 'scored'} --output OTHER_DIR eta=.. tau=..`.")
+        if old.get("models", model_hashes) != model_hashes:
+            changed = [r for r in model_hashes if old["models"].get(r) != model_hashes[r]]
+            raise RunRefused(
+                f"{out}: the {' and '.join(changed)} model's files changed since the shards were written "
+                f"(same path, different content hash). Use a new output_dir or pass --fresh.")
         if old["shards"] != plan_ids:
             raise RunRefused(
                 f"{out}: the prompt set changed since the shards were written (different prompts or "
@@ -215,7 +221,10 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         raise ValueError(f"prompts.source={cfg.prompts.source}: no usable prompts "
                          f"({len(loaded.rejects)} rejected; see the reasons in {out}/quarantine.jsonl)")
     plan = plan_shards(loaded.table, cfg)
-    _check_resume(cfg, plan, fresh)
+    policy_path = resolve_model(cfg.generation.model)
+    reward_path = resolve_model(cfg.rewarding.model)
+    models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
+    _check_resume(cfg, plan, fresh, models)
     if loaded.rejects:
         (out / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loaded.rejects))
         print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {out / 'quarantine.jsonl'}", flush=True)
@@ -224,8 +233,6 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     print(f"[rsdpo] {loaded.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "
           f"{len(todo)} to run -> {out}", flush=True)
 
-    policy_path = resolve_model(cfg.generation.model)
-    reward_path = resolve_model(cfg.rewarding.model)
     session: list[dict] = []
     address = None
     if todo:
@@ -266,7 +273,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
                     f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
                     f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
                     f"column of {out / 'scored'} and fix the input or config, then re-run to resume.")
-    return finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_path)
+    return finish(cfg, loaded, plan, session, t_start, address, models)
 
 
 def _rates(session: list[dict], wall: float) -> dict:
@@ -290,7 +297,7 @@ def _rates(session: list[dict], wall: float) -> dict:
     }
 
 
-def finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_path) -> dict:
+def finish(cfg, loaded, plan, session, t_start, address, models) -> dict:
     out = cfg.out
     totals = _totals(out)
     wall = time.time() - t_start
@@ -306,7 +313,6 @@ def finish(cfg, loaded, plan, session, t_start, address, policy_path, reward_pat
         "prompts_with_pairs": totals["prompts_with_pairs"],
     }
     counts["balanced"] = counts["prompts_in"] == counts["rows_out"] + counts["row_errors"] + counts["quarantined"]
-    models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
     config = cfg.model_dump(mode="json")
     warnings = []
     spreads = []
