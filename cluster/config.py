@@ -53,6 +53,11 @@ class RunConfig(BaseModel):
         self.generation.seed = self.seed
         self.pairing.seed = self.seed
         problems = []
+        if "://" in self.output_dir:
+            problems.append(
+                f"output_dir={self.output_dir!r}: object-store URIs are not supported (shards are committed by "
+                f"temp-file + rename on a file system); give a path on shared storage mounted on every node, "
+                f"e.g. /mnt/shared/rsdpo/run1 (cluster/OPERATIONS.md 'Where data lives')")
         if self.rewarding.max_length < self.generation.max_tokens:
             problems.append(
                 f"rewarding.max_length={self.rewarding.max_length} < generation.max_tokens="

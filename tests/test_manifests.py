@@ -1,0 +1,128 @@
+"""Cluster manifests (cluster/manifests/) stay runnable: each one names `python -m cluster.run`
+with a run config that exists and validates, and the cluster it describes can hold that config
+(GPUs per node and in total, the shared volume every path in the config lives on, no hub)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.config import RunConfig
+from common.cli import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "cluster" / "manifests"
+SHARED = "/mnt/shared"  # where every manifest mounts the shared volume
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(MANIFESTS.glob("*.yaml"))
+
+
+def _commands(path: Path) -> list[str]:
+    """Job commands a manifest gives: a RayJob's `spec.entrypoint`, else the `python -m cluster.run`
+    command in its leading comment (joined across shell line continuations)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    found = [d["spec"]["entrypoint"] for d in docs if d.get("kind") == "RayJob"]
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    text = " ".join(header).replace("\\ ", " ")
+    found += re.findall(r"python -m cluster\.run --config \S+", text)
+    return found
+
+
+def _config_of(command: str) -> RunConfig:
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "cluster.run"], command
+    cfg_path = ROOT / argv[argv.index("--config") + 1]
+    assert cfg_path.is_file(), f"{command!r}: {cfg_path} does not exist"
+    return load_config(RunConfig, cfg_path)
+
+
+def _k8s_gpu_groups(doc: dict) -> tuple[dict, list[tuple[int, int]]]:
+    """(cluster spec, [(pods, GPUs per pod)]) of a RayJob or RayCluster."""
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    groups = []
+    for g in spec["workerGroupSpecs"]:
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        groups.append((g["replicas"], int(limits.get("nvidia.com/gpu", 0))))
+    return spec, groups
+
+
+def _check_fits(cfg: RunConfig, groups: list[tuple[int, int]], where: str) -> None:
+    r = cfg.resources
+    per_node = max(gpus for _, gpus in groups)
+    total = sum(n * gpus for n, gpus in groups)
+    need = r.sampler_replicas * r.sampler_num_gpus + r.scorer_replicas * r.scorer_num_gpus
+    assert r.sampler_num_gpus <= per_node, f"{where}: a sampler needs {r.sampler_num_gpus} GPUs on one node"
+    assert need <= total, f"{where}: the config asks for {need} GPUs, the cluster has {total}"
+
+
+def _check_paths_shared(cfg: RunConfig, where: str) -> None:
+    for field, value in [("output_dir", cfg.output_dir), ("prompts.source", cfg.prompts.source),
+                         ("generation.model", cfg.generation.model), ("rewarding.model", cfg.rewarding.model)]:
+        assert value.startswith(SHARED + "/"), f"{where}: {field}={value} is not on the shared volume {SHARED}"
+
+
+def test_every_manifest_names_an_existing_config():
+    files = _yaml_files()
+    assert {f.name for f in files} >= {"rayjob.yaml", "raycluster.yaml", "ray-up-aws.yaml"}
+    for f in files:
+        if f.name == "shared-pvc.yaml":
+            continue
+        commands = _commands(f)
+        assert commands, f"{f.name}: no `python -m cluster.run --config ...` command"
+        for c in commands:
+            _config_of(c)
+
+
+@pytest.mark.parametrize("name", ["rayjob.yaml", "raycluster.yaml"])
+def test_kuberay_manifest_fits_its_config(name):
+    path = MANIFESTS / name
+    doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") in {"RayJob", "RayCluster"})
+    spec, groups = _k8s_gpu_groups(doc)
+    for cmd in _commands(path):
+        cfg = _config_of(cmd)
+        _check_fits(cfg, groups, name)
+        _check_paths_shared(cfg, name)
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        claims = {v["name"] for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == "rsdpo-shared"}
+        for c in pod["containers"]:
+            assert any(m["mountPath"] == SHARED and m["name"] in claims for m in c["volumeMounts"]), name
+            assert {"name": "HF_HUB_OFFLINE", "value": "1"} in c["env"], name
+    if doc["kind"] == "RayJob":
+        env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
+        assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+        # A remote zip of the repo (code + configs): the submitter pod has no local checkout.
+        assert env["working_dir"].endswith(".zip")
+
+
+def test_ray_up_yaml_is_a_valid_cluster_config_that_fits_its_config():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    path = MANIFESTS / "ray-up-aws.yaml"
+    raw = yaml.safe_load(path.read_text())
+    validate_config(prepare_config(raw))  # Ray's own schema, as `ray up` checks it (offline)
+    gpu_type = {"p5.48xlarge": 8, "p4d.24xlarge": 8, "p4de.24xlarge": 8}
+    groups = [(t["min_workers"], gpu_type.get(t["node_config"]["InstanceType"], 0))
+              for t in raw["available_node_types"].values() if t.get("max_workers", 0) > 0]
+    assert f"-v /fsx:{SHARED}" in raw["docker"]["run_options"]
+    assert "-e HF_HUB_OFFLINE=1" in raw["docker"]["run_options"]
+    assert any("--dashboard-host=127.0.0.1" in c for c in raw["head_start_ray_commands"])
+    for cmd in _commands(path):
+        cfg = _config_of(cmd)
+        _check_fits(cfg, groups, path.name)
+        _check_paths_shared(cfg, path.name)
+
+
+def test_dockerfile_installs_the_gpu_requirements_offline_by_default():
+    text = (MANIFESTS / "Dockerfile").read_text()
+    assert "COPY gpu.txt" in text and "pip install --no-cache-dir -r /tmp/requirements-gpu.txt" in text
+    assert "HF_HUB_OFFLINE=1" in text
+    assert (ROOT / "requirements" / "gpu.txt").is_file()
