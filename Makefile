@@ -7,7 +7,7 @@ ARGS    ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run pipeline generate reward pair test test-fast test-integration lint clean
+.PHONY: setup run pipeline generate reward pair submit test test-fast test-integration lint clean
 
 setup:                      ## create .venv and install pinned deps + embedded assets
 	bash scripts/setup_env.sh
@@ -25,6 +25,11 @@ reward: setup               ## rewarding stage alone: OUT/samples -> OUT/scored
 
 pair: setup                 ## pairing stage alone: OUT/scored -> OUT/pairs (ARGS="eta=0.9 tau=0.1")
 	$(PY) -m pairing --input $(OUT)/scored --output $(OUT)/pairs --config $(CONFIG) $(ARGS)
+
+RAY_DASHBOARD ?= http://127.0.0.1:8265
+submit: setup               ## submit the job to a running cluster (CONFIG needs an absolute output_dir)
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-token} .venv/bin/ray job submit --address $(RAY_DASHBOARD) --working-dir . \
+		-- python -m cluster.run --config $(CONFIG) $(ARGS)
 
 test: setup                 ## both tiers (what CI runs)
 	$(PY) -m pytest -q tests
