@@ -7,15 +7,16 @@ ARGS    ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run pipeline generate reward pair submit test test-fast test-integration lint clean
+.PHONY: setup run pipeline generate reward pair train eval bench submit test test-fast test-integration lint clean
 
 setup:                      ## create .venv and install pinned deps + embedded assets
 	bash scripts/setup_env.sh
 
-run: setup                  ## the main job on the embedded default (local Ray)
+run: setup                  ## the whole chain on the embedded default: data job, DPO, evaluation (local Ray)
 	$(PY) -m cluster.run --config $(CONFIG) $(ARGS)
 
-pipeline: run               ## alias: sample -> score -> pair as one streaming Ray Data job
+pipeline: setup            ## data only: sample -> score -> pair as one streaming Ray Data job
+	$(PY) -m cluster.run --config $(CONFIG) training=null evaluation=null $(ARGS)
 
 generate: setup             ## generation stage alone: OUT/samples
 	$(PY) -m generation --input builtin:alpaca_eval --output $(OUT)/samples --config $(CONFIG) $(ARGS)
@@ -25,6 +26,16 @@ reward: setup               ## rewarding stage alone: OUT/samples -> OUT/scored
 
 pair: setup                 ## pairing stage alone: OUT/scored -> OUT/pairs (ARGS="eta=0.9 tau=0.1")
 	$(PY) -m pairing --input $(OUT)/scored --output $(OUT)/pairs --config $(CONFIG) $(ARGS)
+
+train: setup                ## DPO alone on OUT/pairs -> OUT/policy (2 Ray Train workers, ZeRO-2)
+	$(PY) -m cluster.train --input $(OUT)/pairs --output $(OUT)/policy --config training/configs/train.yaml \
+		num_workers=2 deepspeed=zero2 $(ARGS)
+
+eval: setup                 ## OUT/policy vs the SFT policy on held-out prompts -> OUT/eval/report.json
+	$(PY) -m training.eval --sft builtin:smollm2-135m-instruct --policy $(OUT)/policy --output $(OUT)/eval $(ARGS)
+
+bench: setup                ## benchmark suite -> bench/results/latest.{json,md}
+	$(PY) bench/run_all.py
 
 RAY_DASHBOARD ?= http://127.0.0.1:8265
 submit: setup               ## submit the job to a running cluster (CONFIG needs an absolute output_dir)

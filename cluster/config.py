@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -15,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from generation.config import PromptsConfig, SamplerConfig
 from pairing.config import PairingConfig
 from rewarding.config import ScorerConfig
+from training.config import EvalConfig, TrainingConfig
+
+
+class RoundReference(StrEnum):
+    SFT = "sft"            # every round's DPO reference is the original SFT policy (paper-style)
+    PREVIOUS = "previous"  # round i+1's reference is round i's policy (the model it samples from)
 
 
 class ResourcesConfig(BaseModel):
@@ -47,6 +54,13 @@ class RunConfig(BaseModel):
     rewarding: ScorerConfig = Field(default_factory=ScorerConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    training: TrainingConfig | None = Field(
+        None, description="DPO on each round's pairs (training.model is set to the round's sampling policy); "
+        "null = data only")
+    evaluation: EvalConfig | None = Field(
+        None, description="after each round: trained policy vs SFT on held-out prompts; needs training")
+    rounds: int = Field(1, ge=1, description="iterative RS-DPO: round i+1 samples from round i's policy")
+    round_reference: RoundReference = Field(RoundReference.SFT, description="sft | previous (DPO reference)")
 
     @model_validator(mode="after")
     def _cross_stage(self) -> RunConfig:
@@ -68,6 +82,12 @@ class RunConfig(BaseModel):
             problems.append(
                 "generation.vllm.tensor_parallel_size exceeds resources.sampler_num_gpus: each sampler actor "
                 "needs one GPU per tensor-parallel rank")
+        if (self.rounds > 1 or self.evaluation is not None) and self.training is None:
+            problems.append("rounds > 1 and evaluation need a `training:` section (what would they evaluate?)")
+        if self.training is not None and self.prompts.source == "builtin:alpaca_eval" and \
+                self.evaluation is not None and self.prompts.split != "train":
+            problems.append("prompts.split must be `train` when evaluating on the AlpacaEval held-out split, "
+                            "or held-out prompts would leak into the pairs")
         if problems:
             raise ValueError("; ".join(problems))
         return self

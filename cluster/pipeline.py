@@ -187,7 +187,11 @@ def connect(cfg: RunConfig) -> str:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return os.environ["RAY_ADDRESS"]
-    ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False, log_to_driver=True)
+    # Workers of a local cluster import this repo's packages (actors, Ray Train workers).
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    ray.init(address="local", num_cpus=cfg.resources.num_cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
     return "local"
 
 

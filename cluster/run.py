@@ -59,8 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     from generation.prompts import PromptError
 
     try:
+        if cfg.training is not None:
+            from cluster.chain import run_chain
+
+            chain = run_chain(cfg, fresh=args.fresh)
+            last = chain["rounds"][-1]
+            print(json.dumps(chain["rounds"], indent=2, default=str))
+            if "evaluation" in last:
+                print(f"[rsdpo] done: {len(chain['rounds'])} round(s). Evaluation report: "
+                      f"{last['evaluation']['report']} (plot {last['evaluation']['plot']})")
+            print(f"[rsdpo] chain manifest: {chain['manifest']}; final policy: {last['training']['output']}")
+            return 0
         run = run_pipeline(cfg, fresh=args.fresh)
-    except (RunRefused, ErrorRateExceeded, PromptError, FileNotFoundError) as e:
+    except (RunRefused, ErrorRateExceeded, PromptError, FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     c = run["counts"]

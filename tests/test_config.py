@@ -35,3 +35,16 @@ def test_fingerprint_tracks_what_changes_outputs():
     # engine knobs and batch sizes do not change outputs
     assert a.fingerprint() == load_config(RunConfig, None, ["generation.vllm.enforce_eager=false",
                                                             "rewarding.batch_size=8"]).fingerprint()
+
+
+def test_chain_sections_are_checked_together():
+    with pytest.raises(ConfigError, match="need a `training:` section"):
+        load_config(RunConfig, None, ["rounds=2"])
+    with pytest.raises(ConfigError, match="held-out prompts would leak"):
+        load_config(RunConfig, None, ["training={}", "evaluation={}"])
+    cfg = load_config(RunConfig, "cluster/configs/default.yaml")
+    assert cfg.training.deepspeed == "zero2" and cfg.training.num_workers == 2
+    assert cfg.prompts.split == "train" and cfg.evaluation is not None
+    # training settings do not touch the data fingerprint: a resumed data job stays valid
+    assert cfg.fingerprint() == load_config(RunConfig, "cluster/configs/default.yaml",
+                                            ["training.beta=0.2"]).fingerprint()

@@ -140,18 +140,27 @@ def cache_pairs(table: pa.Table, digest: str, cache: Path, seed: int) -> Path:
 # ------------------------------------------------------------------------------------------ training
 
 
-def dpo_config(config: TrainingConfig, output: Path):
-    """trl.DPOConfig from the pass-through `dpo` dict plus the fields TrainingConfig owns."""
+def check_dpo_keys(config: TrainingConfig) -> dict:
+    """Field types of trl.DPOConfig, after refusing keys it does not have (callers run this before
+    hours of data generation, not after)."""
     import dataclasses
 
     from trl import DPOConfig
 
     types = {f.name: f.type for f in dataclasses.fields(DPOConfig)}
-    kwargs = config.dpo_kwargs()
-    unknown = sorted(set(kwargs) - set(types))
+    unknown = sorted(set(config.dpo_kwargs()) - set(types))
     if unknown:
         raise ConfigError(f"training.dpo: unknown trl.DPOConfig key(s) {unknown} (trl {_version('trl')}); "
                           f"see the DPOConfig / TrainingArguments reference for the names")
+    return types
+
+
+def dpo_config(config: TrainingConfig, output: Path):
+    """trl.DPOConfig from the pass-through `dpo` dict plus the fields TrainingConfig owns."""
+    from trl import DPOConfig
+
+    types = check_dpo_keys(config)
+    kwargs = config.dpo_kwargs()
     for key, value in kwargs.items():
         # YAML 1.1 reads `1e-3` (no dot) as a string; DPOConfig would fail deep inside the optimizer.
         t = types[key]
