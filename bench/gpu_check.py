@@ -55,10 +55,9 @@ def have(module: str) -> bool:
 
 
 def build_mid_llama(out: Path, reward: bool, tokenizer: str | None) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import AutoTokenizer
 
-    from common.tiny import build_tokenizer
+    from common.tiny import build_llama, build_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -69,24 +68,8 @@ def build_mid_llama(out: Path, reward: bool, tokenizer: str | None) -> Path:
         tok, tok_name = AutoTokenizer.from_pretrained(tokenizer), f"{Path(tokenizer).name}"
     except Exception:  # no SmolLM2 asset here: the tiny BPE tokenizer (vocab 512)
         tok, tok_name = build_tokenizer(out), "tiny BPE (common.tiny)"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.save_pretrained(out)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
-        num_attention_heads=16, num_key_value_heads=16, head_dim=64, max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False, dtype="bfloat16",
-    )
-    torch.manual_seed(0)
-    if reward:
-        config.num_labels = 1
-        model = LlamaForSequenceClassification(config)
-    else:
-        model = LlamaForCausalLM(config)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    if not reward:
-        model.generation_config.save_pretrained(out)
+    # hidden 1024, 8 layers, 16 heads of 64, MLP 2816: about 100M non-embedding parameters, bf16
+    build_llama(out, reward=reward, hidden=1024, layers=8, tokenizer=tok, bf16=True)
     (out / "bench_tokenizer.txt").write_text(tok_name)
     return out
 

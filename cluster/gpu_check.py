@@ -32,32 +32,10 @@ def missing_packages() -> list[str]:
 
 
 def build_llama(out: Path, *, hidden: int, layers: int, reward: bool) -> Path:
-    """A random Llama (heads of dim 64, which every attention backend takes) in bf16, with the
-    offline ChatML BPE tokenizer of common.tiny."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    """A random bf16 Llama with the offline ChatML BPE tokenizer of common.tiny."""
+    from common.tiny import build_llama as build
 
-    from common.tiny import build_tokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out)
-    heads = hidden // 64
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(hidden * 2.75) // 64 * 64,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-        head_dim=64, max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    if reward:
-        config.num_labels = 1
-        model = LlamaForSequenceClassification(config)
-    else:
-        model = LlamaForCausalLM(config)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    if not reward:
-        model.generation_config.save_pretrained(out)
-    return out
+    return build(out, reward=reward, hidden=hidden, layers=layers, bf16=True)
 
 
 def write_prompts(path: Path, n: int) -> Path:

@@ -52,19 +52,28 @@ def build_tokenizer(out: Path, vocab_size: int = 512):
     return fast
 
 
-def build_tiny_llama(out: str | Path, *, reward: bool = False, seed: int = 0) -> Path:
-    """Write a tiny Llama policy (or a num_labels=1 reward model when reward=True) to `out`."""
+def build_llama(out: str | Path, *, reward: bool = False, hidden: int = 128, layers: int = 2,
+                tokenizer=None, bf16: bool = False, seed: int = 0) -> Path:
+    """Write a random Llama policy (or a num_labels=1 reward model when reward=True) to `out`:
+    heads of dim 64 (every attention backend takes them), the given tokenizer or the tiny BPE one."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out)
+    if tokenizer is None:
+        tok = build_tokenizer(out)
+    else:
+        tok = tokenizer
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.save_pretrained(out)
+    heads = max(2, hidden // 64)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=int(hidden * 2.75) // 64 * 64 if hidden > 128
+        else 256, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, head_dim=64,
+        max_position_embeddings=4096 if hidden > 128 else 1024, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     if reward:
@@ -72,10 +81,17 @@ def build_tiny_llama(out: str | Path, *, reward: bool = False, seed: int = 0) ->
         model = LlamaForSequenceClassification(config)
     else:
         model = LlamaForCausalLM(config)
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     if not reward:
         model.generation_config.save_pretrained(out)
     return out
+
+
+def build_tiny_llama(out: str | Path, *, reward: bool = False, seed: int = 0) -> Path:
+    """The tiny test model: hidden 128, 2 layers, 2 heads of dim 64, tiny BPE tokenizer."""
+    return build_llama(out, reward=reward, seed=seed)
 
 
 if __name__ == "__main__":
