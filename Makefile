@@ -2,7 +2,8 @@
 # nothing changed). CONFIG picks a run config; ARGS passes key=value overrides.
 PY      := .venv/bin/python
 CONFIG  ?= cluster/configs/default.yaml
-OUT     ?= outputs/default
+OUT     ?= outputs/stages
+PIPE    ?= outputs/pipeline
 ARGS    ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -16,7 +17,7 @@ run: setup                  ## the whole chain on the embedded default: data job
 	$(PY) -m cluster.run --config $(CONFIG) $(ARGS)
 
 pipeline: setup            ## data only: sample -> score -> pair as one streaming Ray Data job
-	$(PY) -m cluster.run --config $(CONFIG) training=null evaluation=null $(ARGS)
+	$(PY) -m cluster.run --config $(CONFIG) training=null evaluation=null output_dir=$(PIPE) $(ARGS)
 
 generate: setup             ## generation stage alone: OUT/samples
 	$(PY) -m generation --input builtin:alpaca_eval --output $(OUT)/samples --config $(CONFIG) $(ARGS)
@@ -27,12 +28,12 @@ reward: setup               ## rewarding stage alone: OUT/samples -> OUT/scored
 pair: setup                 ## pairing stage alone: OUT/scored -> OUT/pairs (ARGS="eta=0.9 tau=0.1")
 	$(PY) -m pairing --input $(OUT)/scored --output $(OUT)/pairs --config $(CONFIG) $(ARGS)
 
-train: setup                ## DPO alone on OUT/pairs -> OUT/policy (2 Ray Train workers, ZeRO-2)
-	$(PY) -m cluster.train --input $(OUT)/pairs --output $(OUT)/policy --config training/configs/train.yaml \
+train: setup                ## DPO alone on PIPE/pairs -> PIPE/policy (2 Ray Train workers, ZeRO-2)
+	$(PY) -m cluster.train --input $(PIPE)/pairs --output $(PIPE)/policy --config training/configs/train.yaml \
 		num_workers=2 deepspeed=zero2 $(ARGS)
 
-eval: setup                 ## OUT/policy vs the SFT policy on held-out prompts -> OUT/eval/report.json
-	$(PY) -m training.eval --sft builtin:smollm2-135m-instruct --policy $(OUT)/policy --output $(OUT)/eval $(ARGS)
+eval: setup                 ## PIPE/policy vs the SFT policy on held-out prompts -> PIPE/eval/report.json
+	$(PY) -m training.eval --sft builtin:smollm2-135m-instruct --policy $(PIPE)/policy --output $(PIPE)/eval $(ARGS)
 
 bench: setup                ## benchmark suite -> bench/results/latest.{json,md}
 	$(PY) bench/run_all.py
