@@ -119,7 +119,10 @@ def test_error_rate_limit_stops_the_job_and_keeps_committed_shards(tmp_path, tin
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2
     assert "max_error_rate" in res.stderr and "committed shards are kept" in res.stderr
+    # Streaming runs ahead of the driver's check, so some or all shards may be committed by then:
+    # whatever was committed is kept, and no half-written file is left.
     kept = _ids(out)
-    assert kept and len(kept) < 8
+    assert kept and len(kept) == len(set(kept)) and set(kept) <= {f"l{i}" for i in range(8)}
+    assert not list(out.rglob("*.tmp"))
     errors = [e for p in (out / "scored").glob("*.parquet") for e in pq.read_table(p)["error"].to_pylist()]
     assert all(e.startswith("prompt_too_long") for e in errors)
