@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -37,10 +36,10 @@ from generation.prompts import load_prompts
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
 from pairing.config import PairingConfig
 from pairing.pairs import coverage_warning, make_pairs
-from pairing.rules import stable_key
+from pairing.rules import raw_threshold, stable_key
 from pairing.schema import PAIRS_SCHEMA
 from rewarding.config import ScorerConfig
-from rewarding.schema import SCORED_SCHEMA
+from rewarding.schema import REWARD_MAX, REWARD_MIN, SCORED_SCHEMA
 
 log = logging.getLogger("rsdpo")
 
@@ -199,13 +198,16 @@ def _totals(out: Path) -> dict:
     """Counts over every committed shard (this session's and earlier ones)."""
     rows = errors = pairs = with_pairs = 0
     error_rows = []
+    spreads = []  # per usable prompt: max - min reward, for the coverage warning
     for path in list_shards(out / "scored"):
-        t = pq.read_table(path, columns=[PROMPT_ID, ERROR])
-        for pid, err in zip(t.column(PROMPT_ID).to_pylist(), t.column(ERROR).to_pylist(), strict=True):
+        t = pq.read_table(path, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX])
+        for pid, err, lo, hi in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
             rows += 1
             if err is not None:
                 errors += 1
                 error_rows.append({"prompt_id": pid, "error": err, "shard": path.name})
+            elif lo is not None:
+                spreads.append(hi - lo)
     pair_ids = set()
     for path in list_shards(out / "pairs"):
         t = pq.read_table(path, columns=[PROMPT_ID])
@@ -213,7 +215,7 @@ def _totals(out: Path) -> dict:
         pair_ids.update(t.column(PROMPT_ID).to_pylist())
     with_pairs = len(pair_ids)
     return {"rows": rows, "row_errors": errors, "pairs": pairs, "prompts_with_pairs": with_pairs,
-            "error_rows": error_rows}
+            "error_rows": error_rows, "spreads": np.asarray(spreads, dtype=np.float64)}
 
 
 def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
@@ -319,14 +321,9 @@ def finish(cfg, loaded, plan, session, t_start, address, models) -> dict:
     counts["balanced"] = counts["prompts_in"] == counts["rows_out"] + counts["row_errors"] + counts["quarantined"]
     config = cfg.model_dump(mode="json")
     warnings = []
-    spreads = []
-    for path in list_shards(out / "scored"):
-        t = pq.read_table(path, columns=["reward_min", "reward_max"])
-        spreads += [hi - lo for lo, hi in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True)
-                    if lo is not None]
     coverage = {"prompts_in": totals["rows"], "prompts_errored": totals["row_errors"],
                 "prompts_with_pairs": totals["prompts_with_pairs"]}
-    if (warning := coverage_warning(cfg.pairing, coverage, np.asarray(spreads, dtype=np.float64))) is not None:
+    if (warning := coverage_warning(cfg.pairing, coverage, totals["spreads"])) is not None:
         warning += f". Re-pair without regenerating: python -m pairing --input {out / 'scored'} --output OTHER_DIR tau=..."
         warnings.append(warning)
         print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
@@ -334,7 +331,7 @@ def finish(cfg, loaded, plan, session, t_start, address, models) -> dict:
         "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
         "counts": counts, "throughput": _rates(session, wall), "ray_address": address,
         "error_rows": totals["error_rows"], "warnings": warnings,
-        "threshold_raw": cfg.pairing.tau * math.log(cfg.pairing.eta / (1 - cfg.pairing.eta)),
+        "threshold_raw": raw_threshold(cfg.pairing.tau, cfg.pairing.eta),
     }
     write_manifest(out / "scored", {"stage": "scored", "config": config, "models": models,
                                     "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})

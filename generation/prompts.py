@@ -12,7 +12,6 @@ Without an id, the id is a hash of the conversation, so it is stable across runs
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from common.assets import dist_file
 from generation.config import PromptsConfig, Split
 from generation.schema import PROMPT, PROMPT_ID, PROMPTS_SCHEMA, REFERENCE, SOURCE
 
@@ -106,13 +106,9 @@ def _read_parquet(path: Path) -> list[tuple[str, Any]]:
 
 def _dist_path(dist: str, suffix: str) -> Path:
     try:
-        files = importlib.metadata.files(dist) or []
-    except importlib.metadata.PackageNotFoundError as e:
-        raise PromptError(f"builtin prompt set needs the {dist!r} package; run `make setup`") from e
-    for f in files:
-        if str(f).endswith(suffix):
-            return Path(f.locate())
-    raise PromptError(f"{suffix} not found inside installed package {dist!r}")
+        return dist_file(dist, suffix)
+    except FileNotFoundError as e:
+        raise PromptError(f"builtin prompt set: {e}") from e
 
 
 def _builtin(name: str, cfg: PromptsConfig) -> list[tuple[str, Any]]:
