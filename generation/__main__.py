@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {out / 'quarantine.jsonl'}",
               file=sys.stderr)
     t0 = time.time()
-    sampler = Sampler(scfg)
+    sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine
     t1 = time.time()
     samples = sampler(loaded.table)
     t2 = time.time()

@@ -20,6 +20,7 @@ over its k responses is compared with the SFT's: a win, a tie or a loss. REPORT_
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import sys
@@ -149,7 +150,10 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
     """Run the evaluation and write REPORT_DIR. `make_sampler` / `make_scorer` default to the real
     generation.sampler.Sampler and rewarding.scorer.Scorer (tests pass deterministic fakes)."""
     if make_sampler is None:
-        from generation.sampler import Sampler as make_sampler
+        from generation.sampler import Sampler
+
+        # one engine at a time and nothing beside it: on CPU it may use every core
+        make_sampler = functools.partial(Sampler, exclusive_cpu=True)
     if make_scorer is None:
         from rewarding.scorer import Scorer as make_scorer
     out = Path(output)
