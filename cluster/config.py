@@ -97,7 +97,7 @@ class RunConfig(BaseModel):
         keep = {
             "prompts": self.prompts.model_dump(mode="json"),
             "generation": self.generation.model_dump(mode="json", exclude={"vllm"}),
-            "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "device"}),
+            "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "max_padding", "device"}),
             "pairing": self.pairing.model_dump(mode="json"),
             "shard_size": self.shard_size,
         }

@@ -22,6 +22,11 @@ class ScorerConfig(BaseModel):
     max_length: int = Field(512, gt=8, description="tokens per scored input (longer inputs are truncated)")
     batch_size: int = Field(64, gt=0, description="max sequences per forward pass")
     max_batch_tokens: int = Field(16384, gt=0, description="max padded tokens per forward pass")
+    max_padding: float | None = Field(
+        None, ge=0, le=1,
+        description="max share of padding in a batch: a batch closes before a shorter input would push it "
+        "past this. null = auto: 0.1 on CPU (compute-bound, a pad token costs what a real one does and small "
+        "batches lose nothing), 1.0 on GPU (the token budget alone; large batches keep the device busy)")
     reference_weight: float = Field(
         0.5, ge=0, le=1,
         description="embedding backend, rows with a reference: reward = (1-w)*cos(response, prompt) "

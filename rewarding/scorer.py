@@ -25,18 +25,21 @@ from rewarding.config import Backend, ScorerConfig
 from rewarding.schema import REWARD_MAX, REWARD_MEAN, REWARD_MIN, REWARD_STD, REWARDS, SCORED_SCHEMA
 
 
-def length_batches(lengths: list[int], max_batch: int, max_tokens: int) -> list[list[int]]:
+def length_batches(lengths: list[int], max_batch: int, max_tokens: int,
+                   max_padding: float = 1.0) -> list[list[int]]:
     """Indices grouped longest-first so each batch's padded size (len(batch) * longest) fits the
-    token budget and holds at most max_batch sequences."""
+    token budget, holds at most max_batch sequences, and is at most `max_padding` padding."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, cur, longest = [], [], 0
+    batches, cur, longest, real = [], [], 0, 0
     for i in order:
-        longest_if = max(longest, lengths[i])
-        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest_if > max_tokens):
+        n = lengths[i]
+        longest_if, size_if = max(longest, n), len(cur) + 1
+        padded_if = size_if * longest_if
+        if cur and (size_if > max_batch or padded_if > max_tokens or padded_if - real - n > max_padding * padded_if):
             batches.append(cur)
-            cur, longest_if = [], lengths[i]
+            cur, longest_if, real = [], n, 0
         cur.append(i)
-        longest = longest_if
+        longest, real = longest_if, real + n
     if cur:
         batches.append(cur)
     return batches
@@ -72,6 +75,9 @@ class Scorer:
             case Backend.EMBEDDING:
                 model = AutoModel.from_pretrained(self.model_path, **kwargs)
         self.tokenizer.padding_side = "right"
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.max_padding = config.max_padding if config.max_padding is not None else (
+            0.1 if self.device.type == "cpu" else 1.0)
         self.model = model.to(self.device).eval()
         self.oom_splits = 0  # batches halved after an out-of-memory error (reported in manifests)
 
@@ -85,7 +91,7 @@ class Scorer:
                              truncation=True, max_length=c.max_length)["input_ids"]
         out: list = [None] * len(texts)
         with torch.inference_mode():
-            for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens):
+            for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens, self.max_padding):
                 for i, v in zip(idx, self._run_batch([enc[i] for i in idx]), strict=True):
                     out[i] = v
         return np.stack(out) if out else np.zeros((0,))
@@ -95,9 +101,16 @@ class Scorer:
         import torch
 
         try:
-            padded = self.tokenizer.pad({"input_ids": ids_list}, return_tensors="pt")
-            ids = padded["input_ids"].to(self.device)
-            mask = padded["attention_mask"].to(self.device)
+            # Right-pad with numpy: tokenizer.pad walks Python lists and was a quarter of a GPU
+            # scorer's time (bench/README.md).
+            longest = max(map(len, ids_list))
+            ids_np = np.full((len(ids_list), longest), self.pad_id, dtype=np.int64)
+            mask_np = np.zeros((len(ids_list), longest), dtype=np.int64)
+            for row, seq in enumerate(ids_list):
+                ids_np[row, : len(seq)] = seq
+                mask_np[row, : len(seq)] = 1
+            ids = torch.from_numpy(ids_np).to(self.device)
+            mask = torch.from_numpy(mask_np).to(self.device)
             if self.config.backend == Backend.CLASSIFIER:
                 vals = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # (b,) raw
             else:

@@ -20,6 +20,17 @@ def test_length_batches_cover_everything_once_within_budget():
     assert 1 in batches[0]
 
 
+def test_length_batches_close_before_padding_passes_the_cap():
+    # sorted: 100, 99, 60, 58, 10. With a 10% cap: [100, 99] pads 1 of 200; adding 60 would pad
+    # 41 of 300 (13.7%), so 60 opens a batch; [60, 58] pads 2 of 120; 10 would pad 102 of 180.
+    lengths = [60, 100, 10, 99, 58]
+    assert length_batches(lengths, max_batch=64, max_tokens=10_000, max_padding=0.1) == [[1, 3], [0, 4], [2]]
+    # no cap: one batch (the budget holds all five)
+    assert length_batches(lengths, max_batch=64, max_tokens=10_000) == [[1, 3, 0, 4, 2]]
+    # a cap of 0 only groups equal lengths
+    assert length_batches([4, 4, 3], max_batch=8, max_tokens=100, max_padding=0.0) == [[0, 1], [2]]
+
+
 def _samples(convs, responses, refs=None, errors=None):
     n = len(convs)
     return pa.table({
@@ -107,6 +118,7 @@ def test_out_of_memory_halves_the_batch_down_to_one(minilm, monkeypatch):
             raise torch.OutOfMemoryError("simulated: batch too large")
         return real_forward(*args, **kwargs)
 
+    monkeypatch.setattr(minilm, "max_padding", 1.0)  # one batch of all seven texts (CPU default caps padding)
     monkeypatch.setattr(minilm.model, "forward", forward_that_ooms_above_two)
     got = minilm(_samples(conv, responses)).column("rewards").to_pylist()
     assert minilm.oom_splits > 0
