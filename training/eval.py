@@ -71,6 +71,8 @@ def sample_and_score(config: EvalConfig, models: dict[str, Path], prompts: pa.Ta
     for name, path in models.items():
         sampler = make_sampler(config.sampler.model_copy(update={"model": str(path), "seed": config.seed}))
         samples[name] = sampler(prompts)
+        if hasattr(sampler, "close"):
+            sampler.close()
         del sampler
         gc.collect()  # the vLLM engine (and its reserved KV-cache memory) goes with the last reference
     scorer = make_scorer(config.scorer)

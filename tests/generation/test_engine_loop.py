@@ -1,0 +1,129 @@
+"""generation.sampler.EngineLoop: the thread that owns the vLLM engine and serves concurrent calls.
+
+The loop's own logic (routing finished requests to their callers, staggered admission, per-request
+rejections, engine death, shutdown) is tested against a small deterministic stand-in for
+vllm's LLMEngine (add_request / step). The real engine under the loop is exercised by the
+pipeline integration test, which compares the pipeline's samples with a stand-alone run.
+"""
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from generation.sampler import EngineFailed, EngineLoop
+
+
+class StepEngine:
+    """Each request is ("name", steps): it finishes `steps` engine steps after it was added."""
+
+    def __init__(self, fail_at_step: int | None = None):
+        self.active: dict[str, list] = {}  # rid -> [steps left, name]
+        self.admitted_at: dict[str, int] = {}
+        self.step_no = 0
+        self.fail_at_step = fail_at_step
+        self.batch_sizes: list[int] = []
+
+    def add_request(self, rid, prompt, params):
+        name, steps = prompt
+        if steps <= 0:
+            raise ValueError(f"{name}: nothing to generate")
+        self.active[rid] = [steps, name]
+        self.admitted_at[name] = self.step_no
+
+    def step(self):
+        self.step_no += 1
+        if self.fail_at_step is not None and self.step_no >= self.fail_at_step:
+            raise RuntimeError("engine core died")
+        self.batch_sizes.append(len(self.active))
+        done = []
+        for rid, st in list(self.active.items()):
+            st[0] -= 1
+            if st[0] == 0:
+                del self.active[rid]
+                done.append(SimpleNamespace(request_id=rid, finished=True, name=st[1], step=self.step_no))
+        return done
+
+
+def loop_for(engine, stagger=0):
+    return EngineLoop(SimpleNamespace(llm_engine=engine), stagger_steps=stagger)
+
+
+def params(n):
+    return [SimpleNamespace(output_kind=None) for _ in range(n)]
+
+
+def test_each_caller_gets_its_own_results_in_order():
+    engine = StepEngine()
+    loop = loop_for(engine)
+    results = {}
+
+    def call(shard, lengths):
+        prompts = [(f"{shard}-{i}", n) for i, n in enumerate(lengths)]
+        results[shard] = [o.name for o in loop.run(prompts, params(len(prompts)))]
+
+    threads = [threading.Thread(target=call, args=(s, lens)) for s, lens in
+               (("a", [5, 1, 3]), ("b", [2, 6]), ("c", [4]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    loop.close()
+    assert results == {"a": ["a-0", "a-1", "a-2"], "b": ["b-0", "b-1"], "c": ["c-0"]}
+    # the calls shared engine steps: some step ran requests of more than one call
+    assert max(engine.batch_sizes) > 3
+
+
+def test_staggered_admission_spaces_calls_apart():
+    engine = StepEngine()
+    loop = loop_for(engine, stagger=4)
+    gate = threading.Barrier(3)
+
+    def call(shard):
+        gate.wait()
+        loop.run([(shard, 12)], params(1))
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    loop.close()
+    starts = sorted(engine.admitted_at.values())
+    # the first call starts at once; the others join at least 4 steps after the previous admission
+    assert starts[0] <= 1 and starts[1] - starts[0] >= 4 and starts[2] - starts[1] >= 4
+
+
+def test_a_rejected_request_comes_back_as_its_exception():
+    loop = loop_for(StepEngine())
+    out = loop.run([("ok", 2), ("bad", 0), ("ok2", 1)], params(3))
+    loop.close()
+    assert out[0].name == "ok" and out[2].name == "ok2"
+    assert isinstance(out[1], ValueError) and "nothing to generate" in str(out[1])
+
+
+def test_engine_death_fails_every_waiting_call_and_later_ones():
+    loop = loop_for(StepEngine(fail_at_step=3))
+    errors = []
+
+    def call(name):
+        try:
+            loop.run([(name, 10)], params(1))
+        except EngineFailed as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in "pq"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(errors) == 2 and all("engine core died" in e for e in errors)
+    with pytest.raises(EngineFailed, match="failed earlier"):
+        loop.run([("late", 1)], params(1))
+
+
+def test_close_stops_the_thread_and_drops_the_engine():
+    loop = loop_for(StepEngine())
+    assert loop.run([], []) == []
+    loop.close()
+    assert loop.engine is None and not loop._thread.is_alive()
