@@ -33,7 +33,7 @@ BENCHES = {
     "pairing": ("bench/pairing_bench.py", ["bench/pairing_bench.py"], 180),
     "scorer": ("bench/scorer_bench.py", ["bench/scorer_bench.py", "--prompts", "12", "--repeats", "2"], 300),
     # the RESERVED_CPU=0 variant (one more engine start) runs in e2e_bench.py's own default run
-    "e2e": ("bench/e2e_bench.py", ["bench/e2e_bench.py", "--no-reserved-variant"], 420),
+    "e2e": ("bench/e2e_bench.py", ["bench/e2e_bench.py", "--no-reserved-variant", "--in-flight-variant"], 480),
     "dpo": ("bench/dpo_bench.py", ["-m", "bench.dpo_bench"], 300),
 }
 

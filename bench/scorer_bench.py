@@ -175,7 +175,7 @@ def scorer_padded_tokens(scorer, convs, responses, refs) -> tuple[int, int]:
         texts = [scorer._classifier_texts(convs[i], r) for i, r in flat]
     lens = [len(e) for e in tok(texts, add_special_tokens=c.backend == "embedding", truncation=True,
                                 max_length=c.max_length)["input_ids"]]
-    batches = length_batches(lens, c.batch_size, c.max_batch_tokens)
+    batches = length_batches(lens, c.batch_size, c.max_batch_tokens, scorer.max_padding)
     return sum(len(b) * max(lens[i] for i in b) for b in batches), sum(lens)
 
 
@@ -238,7 +238,8 @@ def make_scorer(backend: str, model: str, args):
     from rewarding.config import ScorerConfig
     from rewarding.scorer import Scorer
 
-    batching = {k: v for k, v in (("batch_size", args.batch_size), ("max_batch_tokens", args.max_batch_tokens)) if v}
+    batching = {k: v for k, v in (("batch_size", args.batch_size), ("max_batch_tokens", args.max_batch_tokens),
+                                  ("max_padding", args.max_padding)) if v is not None}
     return Scorer(ScorerConfig(backend=backend, model=model, max_length=args.max_length, device=args.device, **batching))
 
 
@@ -293,7 +294,8 @@ def run(args) -> dict:
     return {
         "bench": "scorer", "texts": source, "prompts": args.prompts, "k": args.k, "max_length": args.max_length,
         "naive_batch": args.naive_batch, "scorer_batching": {"batch_size": args.batch_size or "default",
-                                                             "max_batch_tokens": args.max_batch_tokens or "default"},
+                                                             "max_batch_tokens": args.max_batch_tokens or "default",
+                                                             "max_padding": args.max_padding or "auto"},
         "device": args.device, "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats, "results": results, "metrics": metrics,
     }
@@ -306,6 +308,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-length", type=int, default=256, help="tokens per scored text (default.yaml: 256)")
     ap.add_argument("--batch-size", type=int, help="Scorer batch_size (default: ScorerConfig's)")
     ap.add_argument("--max-batch-tokens", type=int, help="Scorer max_batch_tokens (default: ScorerConfig's)")
+    ap.add_argument("--max-padding", type=float, help="Scorer max_padding (default: ScorerConfig's auto)")
     ap.add_argument("--naive-batch", type=int, default=32, help="fixed batch size of the naive loop")
     ap.add_argument("--classifier", default="small", help="comma list: tiny, small, or RM folders ('' = none)")
     ap.add_argument("--embedder", default="builtin:all-minilm-l6-v2", help="embedding model ('' = skip)")
