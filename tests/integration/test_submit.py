@@ -67,6 +67,11 @@ class Head:
         self.proc = subprocess.Popen(
             [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
              "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dash_port),
+             # Every port this node opens is a free one: the dashboard agent's default (52365) is
+             # fixed, and another Ray node on the machine (a local ray.init) would hold it, leaving
+             # this head without a job agent ("No available agent to submit job").
+             "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+             "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
              "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "true",
              "--temp-dir", str(temp_dir), "--disable-usage-stats"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=temp_dir, start_new_session=True)
