@@ -108,9 +108,9 @@ class EngineLoop:
         self._thread.start()
 
     def run(self, prompts: list, params: list) -> list:
-        call = _Call(prompts, params)
         if not prompts:
             return []
+        call = _Call(prompts, params)
         with self._cond:
             if self._failed is not None:
                 raise EngineFailed(f"vLLM engine failed earlier: {self._failed!r}") from self._failed
@@ -146,8 +146,7 @@ class EngineLoop:
             call.done.set()
 
     def _loop(self) -> None:
-        owner: dict[str, tuple[_Call, int]] = {}  # request id -> (call, index in the call)
-        in_flight: set[int] = set()
+        owner: dict[str, tuple[_Call, int]] = {}  # request id -> (call, index in the call); empty = idle
         steps_since_admit = 0
         try:
             while True:
@@ -157,14 +156,12 @@ class EngineLoop:
                             return
                         self._cond.wait()
                     admit = []
-                    if self._inbox and (not in_flight or steps_since_admit >= self.stagger_steps):
+                    if self._inbox and (not owner or steps_since_admit >= self.stagger_steps):
                         # staggered: one call per admission; else every waiting call joins now
                         admit = self._inbox[:1] if self.stagger_steps else self._inbox[:]
                         del self._inbox[: len(admit)]
                 for call in admit:
                     self._admit(call, owner)
-                    if call.pending:
-                        in_flight.add(id(call))
                     steps_since_admit = 0
                 if not owner:
                     continue
@@ -177,7 +174,6 @@ class EngineLoop:
                         call.results[j] = out
                         call.pending -= 1
                         if call.pending == 0:
-                            in_flight.discard(id(call))
                             call.done.set()
                 steps_since_admit += 1
         except BaseException as e:  # the engine is gone (EngineDeadError, ...): fail every caller
