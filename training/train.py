@@ -208,13 +208,21 @@ def init_deepspeed_comm() -> None:
     micro_batch_per_gpu * gradient_acc_step * world_size 8 != 4 * 1 * 1". Wrapping the existing
     torch.distributed group in DeepSpeed's comm layer fixes it. On GPU accelerate already did this and
     the call is a no-op.
+
+    On CPU, DeepSpeed's comm layer also JIT-compiles its shared-memory all-reduce op on every start
+    (40 s quiet, over 3 min on a busy 2-core box) under a file lock in ~/.cache/torch_extensions. That op
+    only serves `inference_all_reduce`, which training never calls, and a worker killed mid-build leaves
+    the lock behind, so every later run waits on it forever. Marking the op incompatible skips the build.
     """
     import deepspeed
     import deepspeed.comm
+    import deepspeed.ops
     import torch
 
     if deepspeed.comm.is_initialized():
         return
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                auto_mpi_discovery=False, verbose=False)
 

@@ -34,8 +34,9 @@ def subprocess_env() -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], timeout: int = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env={**subprocess_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stderr[-20000:]}"
     return proc
 
@@ -79,12 +80,18 @@ def test_one_process_lora_saves_a_merged_policy(lora_run, tiny_policy):
 
 def test_zero3_two_workers_torchrun(tiny_policy, pairs_dir, tmp_path):
     """precompute off: TRL builds the reference under zero.Init, the case that failed before
-    init_deepspeed_comm (DESIGN.md "Training on CPU")."""
+    init_deepspeed_comm (DESIGN.md "Training on CPU").
+
+    The extension cache holds the lock a worker killed while JIT-building DeepSpeed's shm op leaves
+    behind: with that build still on, both workers would wait on it until the timeout."""
     out = tmp_path / "policy"
+    stale = tmp_path / "torch_extensions" / "deepspeed_shm_comm"
+    stale.mkdir(parents=True)
+    (stale / "lock").touch()
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "training", "--input", str(pairs_dir), "--output", str(out), f"model={tiny_policy}",
                 *TINY_RUN, "dpo.max_steps=3", "dpo.learning_rate=1e-3", "deepspeed=zero3",
-                "precompute_ref_log_probs=false"])
+                "precompute_ref_log_probs=false"], env={"TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
     assert "world size 2, deepspeed zero3" in proc.stderr
     assert_trained_policy(out, tiny_policy, steps=3, world_size=2)
 
