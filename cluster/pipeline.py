@@ -30,7 +30,7 @@ import ray
 from cluster.config import RunConfig
 from common.assets import model_identity, resolve_model
 from common.manifest import read_manifest, write_manifest
-from common.shards import conform, list_shards, write_shard
+from common.shards import TMP_SUFFIX, conform, list_shards, write_shard
 from generation.config import SamplerConfig
 from generation.prompts import load_prompts
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
@@ -113,8 +113,6 @@ class ScorerActor:
         t0 = time.perf_counter()
         out = self.scorer(batch.drop_columns([*META, *SAMPLER_META]))
         return _with_meta(out, batch, {T_SCORE: time.perf_counter() - t0})
-
-
 
 
 def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
@@ -212,12 +210,16 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool,
     elif list((out / "scored").glob("*.parquet")) if (out / "scored").exists() else False:
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    # Temp files of writers killed mid-write: never complete, never read; clear them.
-    for stale in [*out.glob("scored/*.tmp"), *out.glob("pairs/*.tmp")]:
-        stale.unlink(missing_ok=True)
+    clear_temps(out)
     tmp = plan_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, plan_file)
+
+
+def clear_temps(out: Path) -> None:
+    """Remove the temp files of shard writers killed mid-write: never complete, never read."""
+    for stale in [*out.glob(f"scored/*{TMP_SUFFIX}"), *out.glob(f"pairs/*{TMP_SUFFIX}")]:
+        stale.unlink(missing_ok=True)
 
 
 def connect(cfg: RunConfig) -> str:
@@ -312,20 +314,29 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         t0 = time.time()
         n_prompts = sum(t.num_rows for _, t in todo)
         seen = errors = 0
-        for row in ds.iter_rows():
-            session.append(row)
-            seen += row["prompts"]
-            errors += row["row_errors"]
-            el = time.time() - t0
-            eta = el / seen * (n_prompts - seen) if seen else float("nan")
-            print(f"[rsdpo] committed {row['shard']}: {row['prompts']} prompts, {row['row_errors']} errors, "
-                  f"{row['pairs']} pairs | {seen}/{n_prompts} prompts, {seen / el:.2f} prompts/s, "
-                  f"ETA {eta:.0f}s", flush=True)
-            if seen >= min(n_prompts, 2 * cfg.shard_size) and errors / seen > cfg.max_error_rate:
-                raise ErrorRateExceeded(
-                    f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
-                    f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
-                    f"column of {out / 'scored'} and fix the input or config, then re-run to resume.")
+        try:
+            for row in ds.iter_rows():
+                session.append(row)
+                seen += row["prompts"]
+                errors += row["row_errors"]
+                el = time.time() - t0
+                eta = el / seen * (n_prompts - seen) if seen else float("nan")
+                print(f"[rsdpo] committed {row['shard']}: {row['prompts']} prompts, {row['row_errors']} errors, "
+                      f"{row['pairs']} pairs | {seen}/{n_prompts} prompts, {seen / el:.2f} prompts/s, "
+                      f"ETA {eta:.0f}s", flush=True)
+                if seen >= min(n_prompts, 2 * cfg.shard_size) and errors / seen > cfg.max_error_rate:
+                    raise ErrorRateExceeded(
+                        f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
+                        f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
+                        f"column of {out / 'scored'} and fix the input or config, then re-run to resume.")
+        except BaseException:
+            # Stopped early (error rate, Ctrl-C, a stage that gave up): end this job's tasks first,
+            # since a writer killed mid-file leaves its temp file, then clear those, so the folders
+            # hold committed shards only. A Ray session this process did not open is left running.
+            if address != "existing":
+                ray.shutdown()
+            clear_temps(out)
+            raise
     return finish(cfg, loaded, plan, session, t_start, address, models)
 
 

@@ -48,8 +48,12 @@ def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = conform(table, schema, str(path))
     tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:  # a failed or cancelled write leaves no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

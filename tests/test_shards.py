@@ -18,6 +18,22 @@ def test_write_is_atomic_and_readers_skip_temp_files(tmp_path):
     assert read_shards(tmp_path, PROMPTS_SCHEMA).num_rows == 3
 
 
+def test_a_write_interrupted_midway_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A writer cancelled mid-file (Ray cancels tasks with KeyboardInterrupt) removes its temp file."""
+    import pyarrow.parquet as pq
+
+    real = pq.write_table
+
+    def write_then_interrupt(table, where, **kwargs):
+        real(table.slice(0, 1), where, **kwargs)  # part of the file is on disk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(_prompts(3), tmp_path / "shard-00000.parquet", PROMPTS_SCHEMA)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_conform_names_file_and_column():
     bad = _prompts(2).drop_columns(["source"])
     with pytest.raises(ShardError, match=r"f\.parquet: missing column\(s\) \['source'\]"):
