@@ -30,7 +30,7 @@ import ray
 from cluster.config import RunConfig
 from common.assets import model_identity, resolve_model
 from common.manifest import read_manifest, write_manifest
-from common.shards import TMP_SUFFIX, conform, list_shards, write_shard
+from common.shards import clear_temp_files, conform, list_shards, write_shard
 from generation.config import SamplerConfig
 from generation.prompts import load_prompts
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
@@ -217,9 +217,9 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool,
 
 
 def clear_temps(out: Path) -> None:
-    """Remove the temp files of shard writers killed mid-write: never complete, never read."""
-    for stale in [*out.glob(f"scored/*{TMP_SUFFIX}"), *out.glob(f"pairs/*{TMP_SUFFIX}")]:
-        stale.unlink(missing_ok=True)
+    """Clear the shard writers' temp files in the run's scored/ and pairs/ folders."""
+    for folder in (out / "scored", out / "pairs"):
+        clear_temp_files(folder)
 
 
 def connect(cfg: RunConfig) -> str:

@@ -67,6 +67,12 @@ def list_shards(source: str | Path) -> list[Path]:
     return sorted(p for p in source.glob("*.parquet") if p.is_file())
 
 
+def clear_temp_files(folder: str | Path) -> None:
+    """Remove the temp files that writers killed mid-write left in `folder`: never complete, never read."""
+    for stale in Path(folder).glob(f"*{TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+
 def read_shard(path: str | Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)

@@ -221,9 +221,10 @@ def init_deepspeed_comm() -> None:
 
     if deepspeed.comm.is_initialized():
         return
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not cuda:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
                                auto_mpi_discovery=False, verbose=False)
 
 
