@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -222,6 +223,32 @@ def clear_temps(out: Path) -> None:
         clear_temp_files(folder)
 
 
+# Ray Data's block prefetcher thread parks on a condition until fed, and is stopped only when an
+# iteration runs to its end; after an early stop nothing feeds it, so it is not waited for.
+PARKED_RAY_DATA_THREADS = frozenset({"Prefetcher"})
+
+
+def end_iteration(rows, threads_before: set[threading.Thread], timeout: float = 30.0) -> list[threading.Thread]:
+    """End a Ray Data iteration the driver left early, and wait for the threads it started.
+
+    Closing the iterator shuts Ray Data's executor down, but its fetch threads are still calling
+    into Ray while they unwind. Ending the Ray session under them makes Ray quit the process
+    with status 1 ("The core worker has already been shutdown"), and the job's own error and
+    exit status are lost. Returns the threads still alive at the deadline (none, normally)."""
+    close = getattr(rows, "close", None)
+    if close is not None:
+        close()
+    deadline = time.monotonic() + timeout
+    new = [t for t in threading.enumerate()
+           if t not in threads_before and t is not threading.current_thread() and t.name not in PARKED_RAY_DATA_THREADS]
+    for t in new:
+        t.join(max(0.0, deadline - time.monotonic()))
+    alive = [t for t in new if t.is_alive()]
+    if alive:
+        log.warning("Ray Data threads still running after %.0fs: %s", timeout, [t.name for t in alive])
+    return alive
+
+
 def connect(cfg: RunConfig) -> str:
     """Join the cluster `ray job submit` points us at (RAY_ADDRESS), else start a local one."""
     if ray.is_initialized():
@@ -314,8 +341,10 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         t0 = time.time()
         n_prompts = sum(t.num_rows for _, t in todo)
         seen = errors = 0
+        threads_before = set(threading.enumerate())
+        rows = iter(ds.iter_rows())
         try:
-            for row in ds.iter_rows():
+            for row in rows:
                 session.append(row)
                 seen += row["prompts"]
                 errors += row["row_errors"]
@@ -333,6 +362,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
             # Stopped early (error rate, Ctrl-C, a stage that gave up): end this job's tasks first,
             # since a writer killed mid-file leaves its temp file, then clear those, so the folders
             # hold committed shards only. A Ray session this process did not open is left running.
+            end_iteration(rows, threads_before)
             if address != "existing":
                 ray.shutdown()
             clear_temps(out)
