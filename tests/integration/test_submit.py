@@ -34,10 +34,18 @@ PROGRESS = re.compile(r"\[rsdpo\] committed (shard-\d{5}):")
 N_PROMPTS, SHARD_SIZE, K = 8, 4, 4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports. Each socket stays bound until all are chosen: ports asked for one at a
+    time can repeat (CI once got the same port for two of the head's components, and Ray refused)."""
+    socks = []
+    try:
+        for _ in range(n):
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 # Ray 2.60 turns token authentication on for `ray start` (token in ~/.ray/auth_token), but the
@@ -57,7 +65,7 @@ class Head:
     """A single-node Ray cluster owned by this test: `ray start --head --block` as a child process."""
 
     def __init__(self, temp_dir: Path):
-        self.gcs_port, self.dash_port = _free_port(), _free_port()
+        self.gcs_port, self.dash_port, agent_http, agent_grpc, metrics, runtime_env = _free_ports(6)
         self.temp_dir = temp_dir
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
@@ -70,8 +78,8 @@ class Head:
              # Every port this node opens is a free one: the dashboard agent's default (52365) is
              # fixed, and another Ray node on the machine (a local ray.init) would hold it, leaving
              # this head without a job agent ("No available agent to submit job").
-             "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-             "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port()),
+             "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+             "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
              "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "true",
              "--temp-dir", str(temp_dir), "--disable-usage-stats"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=temp_dir, start_new_session=True)
