@@ -29,6 +29,8 @@ Protocol: both paths run once on the first prompts (warm-up) and their rewards m
 --repeats times on all responses and the best time of each is kept (the machine is shared:
 alternating makes load hit both alike, the best of several discards the worst of it). Prints one JSON line, then
 a Markdown table. Target: Scorer >= 1.5x the naive loop's responses/s on each backend.
+With a decoder reward model the Scorer runs each prompt's shared prefix once (share_prefix); the
+same Scorer with that off is timed in the same loop and reported beside it.
 """
 
 from __future__ import annotations
@@ -162,21 +164,33 @@ def naive_rewards(scorer, convs, responses, refs, batch: int) -> tuple[np.ndarra
     return np.asarray(rewards), padded
 
 
-def scorer_padded_tokens(scorer, convs, responses, refs) -> tuple[int, int]:
-    """(padded tokens, real tokens) the Scorer's length-sorted, token-budgeted batches feed the model."""
-    from rewarding.scorer import _last_user_text, length_batches
-
-    c, tok = scorer.config, scorer.tokenizer
+def scorer_forward_tokens(scorer, convs, responses, refs) -> tuple[int, int]:
+    """(tokens the Scorer's forward passes ran, padding included; real tokens of the full inputs)."""
+    c = scorer.config
     flat = [(i, r) for i, rs in enumerate(responses) for r in rs]
     if c.backend == "embedding":
+        from rewarding.scorer import _last_user_text
+
         anchors = sorted({_last_user_text(x) for x in convs} | {r for r in refs if r})
         texts = anchors + [r for _, r in flat]
     else:
         texts = [scorer._classifier_texts(convs[i], r) for i, r in flat]
-    lens = [len(e) for e in tok(texts, add_special_tokens=c.backend == "embedding", truncation=True,
-                                max_length=c.max_length)["input_ids"]]
-    batches = length_batches(lens, c.batch_size, c.max_batch_tokens, scorer.max_padding)
-    return sum(len(b) * max(lens[i] for i in b) for b in batches), sum(lens)
+    real = sum(len(e) for e in scorer.tokenizer(texts, add_special_tokens=c.backend == "embedding",
+                                                 truncation=True, max_length=c.max_length)["input_ids"])
+    run = scorer.model.forward
+    ran = 0
+
+    def counting(*args, **kwargs):
+        nonlocal ran
+        ran += kwargs["input_ids"].numel()
+        return run(*args, **kwargs)
+
+    scorer.model.forward = counting
+    try:
+        flat_rewards(scorer, convs, responses, refs)
+    finally:
+        del scorer.model.forward
+    return ran, real
 
 
 def flat_rewards(scorer, convs, responses, refs) -> np.ndarray:
@@ -192,8 +206,11 @@ def bench_backend(name: str, scorer, texts, args, tol: float) -> dict:
     warm_diff = float(np.max(np.abs(a - b)))
     if warm_diff > tol:
         raise SystemExit(f"{name}: Scorer and naive loop disagree before timing: max |diff| {warm_diff:.3g} > {tol}")
-    t_naive, t_scorer, c_naive, c_scorer = [], [], [], []
-    for _ in range(args.repeats):  # alternate, so load from other work hits both alike
+    # A decoder reward model's Scorer runs shared prompt prefixes once; the same Scorer with that
+    # off is timed in the same loop, so the report splits the gain between batching and sharing.
+    shares = scorer.share_prefix
+    t_naive, t_scorer, c_naive, c_scorer, t_full = [], [], [], [], []
+    for _ in range(args.repeats):  # alternate, so load from other work hits all alike
         t0, c0 = time.perf_counter(), time.process_time()
         r_naive, naive_padded = naive_rewards(scorer, convs, responses, refs, args.naive_batch)
         t_naive.append(time.perf_counter() - t0)
@@ -202,10 +219,16 @@ def bench_backend(name: str, scorer, texts, args, tol: float) -> dict:
         r_scorer = flat_rewards(scorer, convs, responses, refs)
         t_scorer.append(time.perf_counter() - t0)
         c_scorer.append(time.process_time() - c0)
+        if shares:
+            scorer.share_prefix = False
+            t0 = time.perf_counter()
+            flat_rewards(scorer, convs, responses, refs)
+            t_full.append(time.perf_counter() - t0)
+            scorer.share_prefix = True
     diff = float(np.max(np.abs(r_scorer - r_naive)))
     if diff > tol:
         raise SystemExit(f"{name}: Scorer and naive loop disagree: max |diff| {diff:.3g} > {tol}")
-    padded, real = scorer_padded_tokens(scorer, convs, responses, refs)
+    padded, real = scorer_forward_tokens(scorer, convs, responses, refs)
     rec = {
         "backend": name, "responses": n_resp, "naive_s": round(min(t_naive), 3), "scorer_s": round(min(t_scorer), 3),
         "naive_responses_per_s": round(n_resp / min(t_naive), 2),
@@ -217,7 +240,11 @@ def bench_backend(name: str, scorer, texts, args, tol: float) -> dict:
         "wall_s_all": {"naive": [round(t, 2) for t in t_naive], "scorer": [round(t, 2) for t in t_scorer]},
         "scorer_padded_tokens": padded, "scorer_real_tokens": real, "naive_padded_tokens": naive_padded,
         "reward_range": [round(float(r_scorer.min()), 4), round(float(r_scorer.max()), 4)],
+        "share_prefix": shares,
     }
+    if shares:
+        rec["scorer_unshared_s"] = round(min(t_full), 3)
+        rec["speedup_unshared"] = round(min(t_naive) / min(t_full), 2)
     if args.profile or rec["speedup"] < float(TARGET.split()[1]):
         prof = cProfile.Profile()
         prof.enable()
@@ -291,6 +318,9 @@ def run(args) -> dict:
                         metric("scorer", f"{r['backend']} naive / Scorer forward tokens (padded)",
                                round(r["naive_padded_tokens"] / r["scorer_padded_tokens"], 2)),
                         metric("scorer", f"{r['backend']} Scorer responses/s", r["scorer_responses_per_s"])]
+            if r.get("share_prefix"):
+                metrics.append(metric("scorer", f"{r['backend']} Scorer without share_prefix / naive",
+                                      r["speedup_unshared"]))
     return {
         "bench": "scorer", "texts": source, "prompts": args.prompts, "k": args.k, "max_length": args.max_length,
         "naive_batch": args.naive_batch, "scorer_batching": {"batch_size": args.batch_size or "default",
@@ -333,7 +363,9 @@ def main() -> None:
             f"- {r['backend']} ({r['dtype']}): naive {r['naive_s']}s vs Scorer {r['scorer_s']}s on {r['responses']} "
             f"responses = {r['speedup']}x wall ({r['cpu_speedup']}x CPU s); forward tokens incl. padding: naive {r['naive_padded_tokens']}, "
             f"Scorer {r['scorer_padded_tokens']} ({r['scorer_real_tokens']} real); max |reward diff| "
-            f"{r['max_abs_diff']:.2g}")
+            f"{r['max_abs_diff']:.2g}"
+            + (f"; without share_prefix: Scorer {r['scorer_unshared_s']}s = {r['speedup_unshared']}x"
+               if r.get("share_prefix") else ""))
         if "_profile_text" in r:
             notes.append(r.pop("_profile_text"))
     emit(record, notes)

@@ -27,6 +27,11 @@ class ScorerConfig(BaseModel):
         description="max share of padding in a batch: a batch closes before a shorter input would push it "
         "past this. null = auto: 0.1 on CPU (compute-bound, a pad token costs what a real one does and small "
         "batches lose nothing), 1.0 on GPU (the token budget alone; large batches keep the device busy)")
+    share_prefix: bool = Field(
+        True,
+        description="classifier backend with a decoder reward model (last-token `score` head, e.g. "
+        "LlamaForSequenceClassification): the tokens a prompt's k inputs share are run once and each response "
+        "continues from their cached keys and values; false: every input runs in full")
     reference_weight: float = Field(
         0.5, ge=0, le=1,
         description="embedding backend, rows with a reference: reward = (1-w)*cos(response, prompt) "

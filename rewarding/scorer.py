@@ -8,12 +8,17 @@ Two backends behind one callable (`scorer(samples_table) -> scored_table`):
   the row has one) from a sentence-embedding model, mean-pooled (the embedded default: MiniLM).
 
 Inputs are sorted by token length and packed into batches under a token budget, so padding is
-small and the model sees few, full batches. A non-finite reward makes the row an error row.
+small and the model sees few, full batches. A decoder reward model runs the tokens a prompt's k
+inputs share (template and prompt) once, and each response on their cached keys and values
+(`share_prefix`): k-1 of every k prompt tokens are not computed again. A non-finite reward makes
+the row an error row.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -45,8 +50,42 @@ def length_batches(lengths: list[int], max_batch: int, max_tokens: int,
     return batches
 
 
+log = logging.getLogger("rsdpo")
+
+# A shorter shared prefix saves less compute than placing its cache in a batch costs.
+MIN_SHARED_TOKENS = 16
+
+
+def last_read_index(seq: list[int], pad_id: int | None) -> int:
+    """The position a last-token `score` head reads: the last token that is not padding
+    (transformers' rule for sequence classification; 0 when every token is `pad_id`)."""
+    if pad_id is None:
+        return len(seq) - 1
+    for i in range(len(seq) - 1, -1, -1):
+        if seq[i] != pad_id:
+            return i
+    return 0
+
+
+def shared_prefix_len(seqs: list[list[int]], pad_id: int | None) -> int:
+    """Tokens every one of `seqs` starts with, stopping short of the position each one's score is
+    read from, so that position always lies in the input's own part."""
+    common = len(os.path.commonprefix(seqs))
+    return min([common] + [last_read_index(s, pad_id) for s in seqs])
+
+
 def _last_user_text(conv: list[dict]) -> str:
     return next(m["content"] for m in reversed(conv) if m["role"] == "user")
+
+
+def _last_token_head(model) -> bool:
+    """A decoder with transformers' last-token `score` head (Llama, Qwen2, Mistral, Gemma, ... for
+    sequence classification): the models whose shared prefix can run once."""
+    try:
+        from transformers.modeling_layers import GenericForSequenceClassification
+    except ImportError:
+        return False
+    return isinstance(model, GenericForSequenceClassification)
 
 
 class Scorer:
@@ -79,54 +118,120 @@ class Scorer:
         self.max_padding = config.max_padding if config.max_padding is not None else (
             0.1 if self.device.type == "cpu" else 1.0)
         self.model = model.to(self.device).eval()
+        self.share_prefix = config.backend == Backend.CLASSIFIER and config.share_prefix and _last_token_head(model)
         self.oom_splits = 0  # batches halved after an out-of-memory error (reported in manifests)
 
-    def _forward(self, texts: list[str]):
-        """Run the model over texts in length-sorted, token-budgeted batches.
+    def _forward(self, texts: list[str], groups: list[list[int]] | None = None):
+        """Run the model over texts in length-sorted, token-budgeted batches. `groups` lists the
+        indices of texts that share a prompt: with `share_prefix`, their common tokens run once.
         Returns (n,) raw logits (classifier) or (n, d) L2-normalised embeddings (embedding)."""
         import torch
 
         c = self.config
         enc = self.tokenizer(texts, add_special_tokens=c.backend == Backend.EMBEDDING,
                              truncation=True, max_length=c.max_length)["input_ids"]
+        owner = [-1] * len(enc)  # per text: index of the shared prefix it continues, or -1
+        prefixes: list[list[int]] = []
+        for rows in groups if self.share_prefix and groups else []:
+            if len(rows) > 1 and (n := shared_prefix_len([enc[r] for r in rows], self.pad_id)) >= MIN_SHARED_TOKENS:
+                for r in rows:
+                    owner[r] = len(prefixes)
+                prefixes.append(enc[rows[0]][:n])
         out: list = [None] * len(texts)
         with torch.inference_mode():
-            for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens, self.max_padding):
-                for i, v in zip(idx, self._run_batch([enc[i] for i in idx]), strict=True):
+            try:
+                caches = self._prefix_caches(prefixes)
+            except NotImplementedError as e:  # found only once the model has run
+                log.warning("%s: %s; share_prefix is off for this reward model", self.model_path, e)
+                self.share_prefix, owner, prefixes, caches = False, [-1] * len(enc), [], []
+            parts = [e[len(prefixes[o]):] if o >= 0 else e for e, o in zip(enc, owner, strict=True)]
+            for idx in length_batches([len(p) for p in parts], c.batch_size, c.max_batch_tokens, self.max_padding):
+                rows = self._halving(self._run_batch, [(parts[i], caches[owner[i]] if owner[i] >= 0 else None)
+                                                       for i in idx])
+                for i, v in zip(idx, rows, strict=True):
                     out[i] = v
         return np.stack(out) if out else np.zeros((0,))
 
-    def _run_batch(self, ids_list: list[list[int]]) -> list:
-        """One padded forward pass; on out-of-memory, halve the batch and retry down to one input."""
+    def _halving(self, fn, items: list) -> list:
+        """fn(items); on out-of-memory, halve the batch and retry, down to one input."""
         import torch
 
         try:
-            # Right-pad with numpy: tokenizer.pad walks Python lists and was a quarter of a GPU
-            # scorer's time (bench/README.md).
-            longest = max(map(len, ids_list))
-            ids_np = np.full((len(ids_list), longest), self.pad_id, dtype=np.int64)
-            mask_np = np.zeros((len(ids_list), longest), dtype=np.int64)
-            for row, seq in enumerate(ids_list):
-                ids_np[row, : len(seq)] = seq
-                mask_np[row, : len(seq)] = 1
-            ids = torch.from_numpy(ids_np).to(self.device)
-            mask = torch.from_numpy(mask_np).to(self.device)
-            if self.config.backend == Backend.CLASSIFIER:
-                vals = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float()  # (b,) raw
-            else:
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
-                m = mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-                vals = torch.nn.functional.normalize(pooled.float(), dim=-1)  # (b, d)
-            return list(vals.cpu().numpy())
+            return fn(items)
         except torch.OutOfMemoryError:
-            if len(ids_list) == 1:
+            if len(items) == 1:
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             self.oom_splits += 1
-            half = len(ids_list) // 2
-            return self._run_batch(ids_list[:half]) + self._run_batch(ids_list[half:])
+            half = len(items) // 2
+            return self._halving(fn, items[:half]) + self._halving(fn, items[half:])
+
+    def _pad(self, ids_list: list[list[int]]):
+        """Right-padded (ids, mask) tensors. Padding with numpy: tokenizer.pad walks Python lists and
+        was a quarter of a GPU scorer's time (bench/README.md)."""
+        import torch
+
+        longest = max(map(len, ids_list))
+        ids_np = np.full((len(ids_list), longest), self.pad_id, dtype=np.int64)
+        mask_np = np.zeros((len(ids_list), longest), dtype=np.int64)
+        for row, seq in enumerate(ids_list):
+            ids_np[row, : len(seq)] = seq
+            mask_np[row, : len(seq)] = 1
+        return torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device)
+
+    def _prefix_caches(self, prefixes: list[list[int]]) -> list:
+        """Keys and values of each shared prefix, as one (layers, 2, kv_heads, len, head_dim) tensor."""
+        import torch
+
+        c = self.config
+        caches: list = [None] * len(prefixes)
+
+        def run(batch: list[int]) -> list:
+            ids, mask = self._pad([prefixes[j] for j in batch])
+            kv = self.model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+            if any(getattr(layer, "is_sliding", False) for layer in kv.layers):
+                raise NotImplementedError("sliding-window attention layers")
+            stacked = torch.stack([torch.stack((layer.keys, layer.values)) for layer in kv.layers])
+            # right padding: a prefix's own positions never saw the padding after them
+            return [stacked[:, :, b, :, : len(prefixes[j])] for b, j in enumerate(batch)]
+
+        for idx in length_batches([len(p) for p in prefixes], c.batch_size, c.max_batch_tokens, self.max_padding):
+            for j, kv in zip(idx, self._halving(run, idx), strict=True):
+                caches[j] = kv
+        return caches
+
+    def _run_batch(self, items: list[tuple[list[int], object]]) -> list:
+        """One padded forward pass over (token ids, prefix cache or None) items: an input with a
+        cache continues from it, at the positions after its prefix."""
+        import torch
+
+        ids, mask = self._pad([seq for seq, _ in items])
+        if self.config.backend == Backend.EMBEDDING:
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            return list(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())  # (b, d)
+        caches = [kv for _, kv in items]
+        if all(kv is None for kv in caches):
+            return list(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy())
+        from transformers import DynamicCache
+
+        lens = [0 if kv is None else kv.shape[-2] for kv in caches]
+        some = next(kv for kv in caches if kv is not None)
+        n_layers, _, heads, _, dim = some.shape
+        past = some.new_zeros((n_layers, 2, len(items), heads, max(lens), dim))
+        past_mask = torch.zeros((len(items), max(lens)), dtype=mask.dtype, device=mask.device)
+        for row, (kv, n) in enumerate(zip(caches, lens, strict=True)):
+            if kv is not None:
+                past[:, :, row, :, :n] = kv
+                past_mask[row, :n] = 1
+        # prefixes of different lengths are right-padded too: the mask hides the gap, and each
+        # input's positions continue from its own prefix's length
+        positions = torch.tensor(lens, device=mask.device)[:, None] + torch.arange(ids.shape[1], device=mask.device)
+        out = self.model(input_ids=ids, attention_mask=torch.cat([past_mask, mask], dim=1), position_ids=positions,
+                         past_key_values=DynamicCache(ddp_cache_data=[(k, v) for k, v in past]))
+        return list(out.logits[:, 0].float().cpu().numpy())  # (b,) raw
 
     def _classifier_texts(self, conv: list[dict], response: str) -> str:
         full = conv + [{"role": "assistant", "content": response}]
@@ -142,7 +247,11 @@ class Scorer:
             return [[] for _ in responses]
         match self.config.backend:
             case Backend.CLASSIFIER:
-                vals = self._forward([self._classifier_texts(convs[i], r) for i, r in flat])  # (N,)
+                groups: dict[int, list[int]] = {}
+                for row, (i, _) in enumerate(flat):
+                    groups.setdefault(i, []).append(row)
+                vals = self._forward([self._classifier_texts(convs[i], r) for i, r in flat],
+                                     list(groups.values()))  # (N,)
             case Backend.EMBEDDING:
                 # Unique prompt and reference texts are embedded once per batch, not once per response.
                 anchors = sorted({_last_user_text(c) for c in convs} | {r for r in refs if r})

@@ -5,7 +5,7 @@ import pytest
 
 from generation.schema import SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
-from rewarding.scorer import Scorer, length_batches
+from rewarding.scorer import Scorer, last_read_index, length_batches, shared_prefix_len
 
 
 def test_length_batches_cover_everything_once_within_budget():
@@ -92,6 +92,51 @@ def test_classifier_returns_raw_logits_independent_of_batching(tiny_reward_model
     with torch.inference_mode():
         logit = model(**ids).logits[0, 0].item()
     assert math.isclose(a[1][0], logit, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_shared_prefix_stops_before_the_token_the_score_head_reads():
+    pad = 0
+    assert shared_prefix_len([[5, 6, 7, 8], [5, 6, 7, 9], [5, 6, 1]], pad) == 2
+    # one input is all of another's start: the shorter keeps its last token (the one scored)
+    assert shared_prefix_len([[5, 6, 7], [5, 6, 7, 8, 9]], pad) == 2
+    # trailing pad-id tokens are not read, so the prefix stops before the last other token
+    assert last_read_index([5, 6, 7, 0, 0], pad) == 2 and last_read_index([0, 0], pad) == 0
+    assert shared_prefix_len([[5, 6, 7, 0], [5, 6, 7, 0]], pad) == 2
+    assert shared_prefix_len([[5, 6], [5, 6]], None) == 1
+
+
+def test_shared_prefix_runs_once_and_rewards_match_running_every_input_in_full(tiny_reward_model):
+    rain = "Write a long poem about rain falling on the grey northern sea at night, in the style of an old ballad."
+    convs = [[{"role": "user", "content": rain}],
+             [{"role": "user", "content": "Explain, step by step and with one worked example, how binary search "
+                                          "finds an item in a sorted list of numbers."}],
+             [{"role": "user", "content": "Hi"}],            # too short a prompt to share: runs in full
+             [{"role": "user", "content": rain + " Again."}]]  # one response: nothing to share
+    responses = [["Rain falls on the sea.", "No.", "The quick brown fox jumps over the lazy dog again and again.",
+                  "Grey water, grey sky, and the rain between them, all night long, all night long."],
+                 ["Look at the middle; go left or right.", "It halves the list each time, so it takes log n steps.",
+                  "Binary.", "Compare with the middle item, then repeat on the half that can hold it."],
+                 ["Hello!", "Hi there, how can I help?"], ["Rain."]]
+    computed = {}
+
+    def scorer(share: bool) -> Scorer:
+        sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), share_prefix=share))
+        real_forward = sc.model.forward
+
+        def counting(*args, **kwargs):  # tokens the model runs, padding included
+            computed[share] = computed.get(share, 0) + kwargs["input_ids"].numel()
+            return real_forward(*args, **kwargs)
+
+        sc.model.forward = counting
+        return sc
+
+    shared, full = scorer(True), scorer(False)
+    a = shared(_samples(convs, responses)).column("rewards").to_pylist()
+    b = full(_samples(convs, responses)).column("rewards").to_pylist()
+    for x, y in zip(sum(a, []), sum(b, []), strict=True):
+        assert math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5)
+    # here: 552 tokens against 1122, and rewards equal to 1.2e-7
+    assert computed[True] < 0.75 * computed[False], computed
 
 
 def test_classifier_refuses_multi_label_models(tmp_path, tiny_reward_model):
