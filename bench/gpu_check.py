@@ -79,7 +79,7 @@ def scorer_part(args, rm: Path) -> tuple[dict, list[dict]]:
 
     sargs = sb.parser().parse_args([
         "--prompts", str(args.prompts), "--k", str(args.k), "--max-length", str(args.max_length),
-        "--naive-batch", str(args.naive_batch), "--classifier", str(rm), "--device", "cuda", "--repeats", "2"])
+        "--naive-batch", str(args.naive_batch), "--classifier", str(rm), "--device", "cuda", "--repeats", "3"])
     sargs.embedder = args.embedder
     if sargs.embedder is None:
         try:
