@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from cluster.config import RoundReference, RunConfig
-from cluster.pipeline import connect, run_pipeline
+from cluster.pipeline import run_pipeline
+from cluster.session import connect
 from common.manifest import read_manifest, write_manifest
 
 
@@ -43,7 +44,7 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
         if done is None or not (out_model / "config.json").exists():
             from cluster.train import train_on_ray
 
-            connect(cfg)
+            connect(cfg.resources.num_cpus)
             print(f"[rsdpo] round {i}: DPO on {data['counts']['pairs']} pairs, {tcfg.num_workers} workers, "
                   f"deepspeed={tcfg.deepspeed}", flush=True)
             done = train_on_ray(tcfg, rdir / "pairs", out_model, run_name=f"round-{i}")

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := check_output_location(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from cluster.pipeline import ErrorRateExceeded, RunRefused, run_pipeline
+    from cluster.pipeline import ErrorRateExceeded, run_pipeline
+    from cluster.plan import RunRefused
     from generation.prompts import PromptError
 
     try:

@@ -24,12 +24,10 @@ from typing import Any
 
 import ray
 
+from cluster.session import connect
 from common.cli import ConfigError, load_config, stage_parser
 from common.manifest import read_manifest
 from training.config import TrainingConfig
-
-REPO = Path(__file__).resolve().parent.parent
-WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _worker(loop_config: dict[str, Any]) -> None:
@@ -53,14 +51,7 @@ def train_on_ray(config: TrainingConfig, pairs_dir: str | Path, output_dir: str 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        else:
-            # A local cluster's workers start in this repo; make its packages importable there.
-            path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-            ray.init(address="local", include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {**WORKER_ENV, "PYTHONPATH": path}})
+    connect()
     use_gpu = ray.cluster_resources().get("GPU", 0) >= config.num_workers
     output = Path(output_dir).expanduser().resolve()
     # The pairs may be an object-store URI: leave those as they are, make local paths absolute.

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from cluster.config import RunConfig
-from cluster.pipeline import plan_shards, shard_sizes
+from cluster.plan import plan_shards, shard_sizes
 
 
 @pytest.mark.parametrize(("n", "size", "expected"), [

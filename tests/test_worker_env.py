@@ -1,4 +1,4 @@
-from cluster.pipeline import WORKER_ENV, scorer_env
+from cluster.session import WORKER_ENV, scorer_env
 
 
 def test_a_scorer_with_cores_of_its_own_tokenizes_on_them():

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from cluster.pipeline import shard_sizes
+from cluster.plan import shard_sizes
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
