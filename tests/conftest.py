@@ -1,8 +1,15 @@
-"""Shared fixtures: tiny models built offline once per session."""
+"""Shared fixtures: tiny models built offline once per session, small pairs shards in TRL's
+conversational preference format (the training tests, fast and integration tier)."""
 
 import os
+import random
+from pathlib import Path
 
+import pyarrow as pa
 import pytest
+
+from common.shards import write_shard
+from pairing.schema import PAIRS_SCHEMA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,3 +27,30 @@ def tiny_reward_model(tmp_path_factory):
     from common.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_rm"), reward=True)
+
+
+WORDS = "the quick brown fox jumps over lazy dog capital of france paris poem rain sea reward model".split()
+
+
+def make_pairs(n: int, seed: int = 0, strategy: str = "rs-dpo") -> pa.Table:
+    rng = random.Random(seed)
+
+    def text(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    return pa.Table.from_pylist([{
+        "prompt": [{"role": "user", "content": text(8)}],
+        "chosen": [{"role": "assistant", "content": text(10)}],
+        "rejected": [{"role": "assistant", "content": text(12)}],
+        "prompt_id": f"p{seed}-{i // 2}", "chosen_reward": 1.0 + i % 3, "rejected_reward": -1.0,
+        "chosen_index": 0, "rejected_index": 1, "strategy": strategy,
+    } for i in range(n)], schema=PAIRS_SCHEMA)
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory) -> Path:
+    """Two shards, 48 pairs in all (as the pairing stage writes them)."""
+    out = tmp_path_factory.mktemp("pairs")
+    write_shard(make_pairs(32, seed=0), out / "part-00000.parquet", PAIRS_SCHEMA)
+    write_shard(make_pairs(16, seed=1, strategy="best-worst"), out / "part-00001.parquet", PAIRS_SCHEMA)
+    return out

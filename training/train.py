@@ -1,4 +1,5 @@
-"""DPO on pairs shards: a thin script around TRL's DPOTrainer (we do not write a trainer).
+"""DPO on pairs shards: a thin script around TRL's DPOTrainer (we do not write a trainer), shaped like
+TRL's own trl/scripts/dpo.py: build the DPOConfig, the trainer, train, save.
 
     python -m training --input PAIRS --output MODEL [--config F] [key=value ...]
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training --input PAIRS --output MODEL deepspeed=zero3
@@ -14,129 +15,32 @@ hdfs://, file://, or any fsspec scheme): one code path reads both. MODEL receive
 
 Re-running the same command after a crash or kill resumes from the newest checkpoint (existing=resume);
 a completed output is left as is. The same function runs one process, under torchrun, and on Ray Train
-workers (cluster/train.py).
+workers (cluster/train.py). Beside it: training/data.py reads and caches the pairs,
+training/checkpoints.py holds the output folder's resume policy, training/distributed.py the rank and
+DeepSpeed set-up.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
 import shutil
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-
 from common.assets import model_identity, resolve_model
 from common.cli import ConfigError
-from common.files import TMP_SUFFIX, atomic_path
-from common.manifest import read_manifest, write_manifest
-from common.shards import ShardError, conform
-from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
-from training.config import DeepSpeed, Existing, TrainingConfig
-
-CHECKPOINTS = "checkpoints"
-CACHE = ".cache"
-STATUS_COMPLETE = "complete"
-
-
-def log(msg: str) -> None:
-    # Every rank runs this module; only the first speaks.
-    if os.environ.get("RANK", "0") == "0":
-        print(f"[training] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def filesystem(source: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI; pyarrow's own filesystems first, else fsspec's."""
-    if "://" not in source:
-        return pafs.LocalFileSystem(), str(Path(source).expanduser().resolve())
-    try:
-        return pafs.FileSystem.from_uri(source)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        # Schemes pyarrow does not know (memory://, az:// via adlfs, ...): wrap the fsspec filesystem.
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(source)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
-def read_pairs(source: str) -> tuple[pa.Table, str]:
-    """All complete pairs shards under `source` (a folder or one file), validated against PAIRS_SCHEMA.
-
-    Returns the table and a sha256 of the shard bytes (it names the cached Arrow copy, so a changed
-    input never reuses a stale tokenized or reference log-prob cache).
-    """
-    fs, path = filesystem(source)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{source}: no such pairs shard folder or file")
-    if info.type == pafs.FileType.File:
-        files = [path]
-    else:
-        files = sorted(
-            f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=False))
-            if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not f.path.endswith(TMP_SUFFIX)
-        )
-    if not files:
-        raise FileNotFoundError(f"{source}: no *.parquet pairs shards (run the pairing stage first)")
-    digest = hashlib.sha256()
-    tables = []
-    for f in files:
-        with fs.open_input_file(f) as fh:
-            data = fh.read()
-        digest.update(f.rsplit("/", 1)[-1].encode())
-        digest.update(data)
-        try:
-            table = pq.read_table(pa.BufferReader(data))
-        except pa.ArrowInvalid as e:
-            raise ShardError(f"{f}: not a readable Parquet file ({e}); delete it and re-run pairing") from e
-        tables.append(conform(table, PAIRS_SCHEMA, f))
-    return pa.concat_tables(tables), digest.hexdigest()
-
-
-def shuffle(table: pa.Table, seed: int) -> pa.Table:
-    # TRL reads the dataset in order within an epoch unless the Trainer's sampler shuffles; shuffling
-    # here makes the order independent of how pairing sharded its output.
-    return table.take(np.random.default_rng(seed).permutation(table.num_rows))
-
-
-def pair_counts(table: pa.Table) -> dict[str, Any]:
-    gaps = np.asarray(table[CHOSEN_REWARD]) - np.asarray(table[REJECTED_REWARD])  # (n_pairs,) raw reward gaps
-    return {
-        "pairs": table.num_rows,
-        "prompts": len(set(table[PROMPT_ID].to_pylist())),
-        "by_strategy": dict(Counter(table[STRATEGY].to_pylist())),
-        "reward_gap_mean": float(gaps.mean()) if len(gaps) else None,
-    }
-
-
-def cache_pairs(table: pa.Table, digest: str, cache: Path, seed: int) -> Path:
-    """Write the shuffled pairs once as an Arrow stream file that `datasets.Dataset.from_file` maps.
-
-    A file-backed dataset gives TRL a stable cache folder: its reference log-prob cache lands next to
-    it, named by content, so every rank reads the same file and a resumed run skips the precompute.
-    """
-    path = cache / f"pairs-{digest[:16]}-seed{seed}.arrow"
-    if path.exists():
-        return path
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return path
-
-
-# ------------------------------------------------------------------------------------------ training
+from common.manifest import write_manifest
+from training.checkpoints import (
+    CACHE,
+    CHECKPOINTS,
+    STATUS_COMPLETE,
+    check_same_run,
+    completed_run,
+    prepare_output,
+)
+from training.config import DeepSpeed, TrainingConfig
+from training.data import cache_pairs, pair_counts, read_pairs, shuffle
+from training.distributed import init_deepspeed_comm, is_main_process, log, setup_process
 
 
 def check_dpo_keys(config: TrainingConfig) -> dict:
@@ -196,132 +100,18 @@ def _version(dist: str) -> str:
     return importlib.metadata.version(dist)
 
 
-def init_deepspeed_comm() -> None:
-    """Initialise DeepSpeed's own comm layer before any model is built under `deepspeed.zero.Init`.
-
-    On CPU, accelerate sets up torch.distributed itself (its MULTI_CPU branch) and never calls
-    `deepspeed.init_distributed`, so `deepspeed.comm` stays uninitialised. ZeRO-3 loads models inside
-    `zero.Init`, which parses the DeepSpeed config with `deepspeed.comm.get_world_size()`; with no comm
-    backend that lookup fails and the config falls back to world_size 1, so the batch arithmetic the
-    Trainer filled in for 2 workers no longer adds up: "train_batch_size is not equal to
-    micro_batch_per_gpu * gradient_acc_step * world_size 8 != 4 * 1 * 1". Wrapping the existing
-    torch.distributed group in DeepSpeed's comm layer fixes it. On GPU accelerate already did this and
-    the call is a no-op.
-
-    On CPU, DeepSpeed's comm layer also JIT-compiles its shared-memory all-reduce op on every start
-    (40 s quiet, over 3 min on a busy 2-core box) under a file lock in ~/.cache/torch_extensions. That op
-    only serves `inference_all_reduce`, which training never calls, and a worker killed mid-build leaves
-    the lock behind, so every later run waits on it forever. Marking the op incompatible skips the build.
-    """
-    import deepspeed
-    import deepspeed.comm
-    import deepspeed.ops
-    import torch
-
-    if deepspeed.comm.is_initialized():
-        return
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
-                               auto_mpi_discovery=False, verbose=False)
-
-
-def last_checkpoint(ckpts: Path) -> str | None:
-    """The newest complete checkpoint under `ckpts`, or None.
-
-    The Trainer writes checkpoint-N in place and trainer_state.json last, so a run killed while saving
-    leaves a folder without it: that one is skipped (and removed by rank 0, so it is written afresh).
-    """
-    found = sorted((int(m.group(1)), p) for p in ckpts.glob("checkpoint-*")
-                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
-    for _, path in reversed(found):
-        if (path / "trainer_state.json").exists():
-            return str(path)
-        log(f"skipping incomplete checkpoint {path} (no trainer_state.json: killed while saving)")
-        if os.environ.get("RANK", "0") == "0":
-            shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def prepare_output(config: TrainingConfig, output: Path) -> str | None:
-    """Apply `existing`; return the checkpoint to resume from, or None. Raises when refused."""
-    ckpts = output / CHECKPOINTS
-    ours = (output / "manifest.json").exists() or ckpts.exists() or (output / CACHE).exists()
-    match config.existing:
-        case Existing.FAIL:
-            if output.exists() and any(output.iterdir()):
-                raise FileExistsError(f"{output} is not empty and existing=fail; pick a new --output or set "
-                                      f"existing=resume / existing=restart")
-        case Existing.RESTART:
-            if os.environ.get("RANK", "0") != "0":
-                return None  # rank 0 decides and deletes; everyone waits for it before writing
-            if ours:
-                log(f"existing=restart: deleting {output}")
-                shutil.rmtree(output)
-            elif output.exists() and any(output.iterdir()):
-                raise FileExistsError(f"{output} holds files this stage did not write; refusing to delete them")
-        case Existing.RESUME:
-            return last_checkpoint(ckpts) if ckpts.is_dir() else None
-    return None
-
-
-def check_same_run(output: Path, config: TrainingConfig, digest: str, resume_from: str | None) -> None:
-    """Refuse to resume checkpoints that another model, objective, data or world size produced.
-
-    `dpo` may change between attempts (e.g. a larger max_steps to train on); the rest may not, or the
-    checkpoints would silently mix two runs.
-    """
-    path = output / CHECKPOINTS / "run.json"
-    keys = {"model", "reference_model", "beta", "max_length", "precompute_ref_log_probs", "deepspeed", "lora",
-            "dtype", "seed"}
-    this = {"config": config.model_dump(mode="json", include=keys), "pairs_sha256": digest,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1"))}
-    if resume_from and path.exists():
-        before = json.loads(path.read_text())
-        diff = sorted(k for k in set(before["config"]) | set(this["config"])
-                      if before["config"].get(k) != this["config"].get(k))
-        diff += [k for k in ("pairs_sha256", "world_size") if before.get(k) != this[k]]
-        if diff:
-            raise ValueError(f"{output} holds checkpoints of a different run (differs in: {', '.join(diff)}); "
-                             f"re-run with the same settings to resume, or existing=restart to start over")
-    elif os.environ.get("RANK", "0") == "0":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(this, indent=2) + "\n")
-
-
 def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, Any]:
     """Train the policy on the pairs under `pairs`, write the final model + manifest to `output`.
 
     Runs as one process, as each torchrun rank, or inside a Ray Train worker (torch.distributed already
     initialised there). Returns the manifest record (every rank; only rank 0 writes it).
     """
-    import torch
-
-    if not torch.cuda.is_available():
-        # Must be set before deepspeed is first imported (accelerate/transformers import it lazily).
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if config.deepspeed is not DeepSpeed.NONE and "WORLD_SIZE" not in os.environ:
-        # DeepSpeed wants a process group even for one process: make this a world of one.
-        import socket
-
-        with socket.socket() as s:  # a free port: other runs on this machine may hold 29500
-            s.bind(("127.0.0.1", 0))
-            port = str(s.getsockname()[1])
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", port))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+    setup_process(deepspeed=config.deepspeed is not DeepSpeed.NONE)
     output = Path(output).expanduser().resolve()
-    done = read_manifest(output)
-    if done and done.get("status") == STATUS_COMPLETE and config.existing is Existing.RESUME:
-        log(f"{output} already holds a completed run (manifest.json); nothing to do "
-            f"(existing=restart trains again)")
+    if (done := completed_run(config, output)) is not None:
         return done
 
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOTrainer
 
     policy_path = resolve_model(config.model)
     ref_path = resolve_model(config.reference_model) if config.reference_model else None
@@ -349,23 +139,7 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
     log(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({pairs}); world size {args.world_size}, "
         f"deepspeed {config.deepspeed.value}")
 
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{policy_path}: the tokenizer has no chat template; the pairs are conversational, "
-                         f"so give a chat (SFT) model or add a template to its tokenizer_config")
-    ref_model = None
-    if ref_path is not None:
-        # Loaded after DPOConfig: under ZeRO-3 transformers builds it inside zero.Init, partitioned.
-        ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=getattr(torch, config.dtype)
-                                                         if config.dtype != "auto" else "auto")
-    peft_config = None
-    if config.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **config.lora)
-
-    trainer = DPOTrainer(model=str(policy_path), ref_model=ref_model, args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = make_trainer(config, args, dataset, policy_path, ref_path)
     setup_s = time.perf_counter() - t0  # data + models + (with precompute) the reference pass
 
     if resume_from:
@@ -395,7 +169,7 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
             "last_log": next((h for h in reversed(trainer.state.log_history) if "loss" in h), None),
         },
     }
-    if args.process_index == 0:
+    if is_main_process():
         record["models"]["policy_out"] = model_identity(output)
         shutil.rmtree(output / CACHE, ignore_errors=True)
         write_manifest(output, record)
@@ -403,6 +177,30 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
             f"loss {result.metrics.get('train_loss')})")
     args.distributed_state.wait_for_everyone()
     return record
+
+
+def make_trainer(config: TrainingConfig, args, dataset, policy_path: Path, ref_path: Path | None):
+    """TRL's DPOTrainer on the policy folder, with the frozen reference and LoRA the config asks for."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{policy_path}: the tokenizer has no chat template; the pairs are conversational, "
+                         f"so give a chat (SFT) model or add a template to its tokenizer_config")
+    ref_model = None
+    if ref_path is not None:
+        # Loaded after DPOConfig: under ZeRO-3 transformers builds it inside zero.Init, partitioned.
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=getattr(torch, config.dtype)
+                                                         if config.dtype != "auto" else "auto")
+    peft_config = None
+    if config.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **config.lora)
+    return DPOTrainer(model=str(policy_path), ref_model=ref_model, args=args, train_dataset=dataset,
+                      processing_class=tokenizer, peft_config=peft_config)
 
 
 def save_policy(trainer, config: TrainingConfig, policy_path: Path, output: Path) -> None:
@@ -416,7 +214,7 @@ def save_policy(trainer, config: TrainingConfig, policy_path: Path, output: Path
         return
     adapter = output / CACHE / "adapter"
     trainer.save_model(str(adapter))
-    if trainer.args.process_index == 0:
+    if is_main_process():
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM

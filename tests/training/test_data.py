@@ -8,7 +8,8 @@ import pytest
 
 from common.shards import ShardError
 from pairing.schema import PAIRS_SCHEMA
-from training.train import last_checkpoint, pair_counts, read_pairs, shuffle
+from training.checkpoints import last_checkpoint
+from training.data import pair_counts, read_pairs, shuffle
 
 
 def test_reads_every_shard_and_validates(pairs_dir):
@@ -16,7 +17,7 @@ def test_reads_every_shard_and_validates(pairs_dir):
     assert table.schema.equals(PAIRS_SCHEMA) and table.num_rows == 48
     counts = pair_counts(table)
     assert counts["pairs"] == 48 and counts["prompts"] == 24
-    assert counts["by_strategy"] == {"rs-dpo": 32, "best-vs-worst": 16}
+    assert counts["by_strategy"] == {"rs-dpo": 32, "best-worst": 16}
     one, one_digest = read_pairs(str(pairs_dir / "part-00000.parquet"))
     assert one.num_rows == 32 and one_digest != digest
 
@@ -66,8 +67,8 @@ def test_last_checkpoint_skips_one_killed_while_saving(tmp_path):
 
 
 def test_resume_refuses_checkpoints_of_another_run(tmp_path):
+    from training.checkpoints import check_same_run
     from training.config import TrainingConfig
-    from training.train import check_same_run
 
     ckpt = str(tmp_path / "checkpoints" / "checkpoint-2")
     check_same_run(tmp_path, TrainingConfig(beta=0.1), "abc", None)      # first attempt records itself

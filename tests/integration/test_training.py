@@ -2,7 +2,7 @@
 ZeRO-2 on Ray Train, resume after a kill, the saved policy loading in transformers, and in vLLM through
 training.eval (which also exercises the evaluation end to end).
 
-    python -m pytest -m integration tests/training
+    python -m pytest tests/integration/test_training.py
 """
 
 import json
