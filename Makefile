@@ -40,8 +40,7 @@ bench: setup                ## benchmark suite -> bench/results/latest.{json,md}
 
 RAY_DASHBOARD ?= http://127.0.0.1:8265
 submit: setup               ## submit the job to a running cluster (CONFIG needs an absolute output_dir)
-	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-token} .venv/bin/ray job submit --address $(RAY_DASHBOARD) --working-dir . \
-		-- python -m cluster.run --config $(CONFIG) $(ARGS)
+	$(PY) -m cluster.submit --address $(RAY_DASHBOARD) --working-dir . --config $(CONFIG) $(ARGS)
 
 test: setup                 ## both tiers (what CI runs)
 	$(PY) -m pytest -q tests

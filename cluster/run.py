@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import RunConfig
-from common.cli import ConfigError, load_config
+from common.cli import ConfigError, config_help, load_config
 
 
 def submitted_job() -> bool:
@@ -40,7 +40,8 @@ def check_output_location(cfg: RunConfig) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, epilog=config_help({"": RunConfig}),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="run config YAML (cluster/configs/*.yaml)")
     ap.add_argument("--fresh", action="store_true", help="discard shards of an earlier, different run in output_dir")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")

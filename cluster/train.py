@@ -73,7 +73,7 @@ def train_on_ray(config: TrainingConfig, pairs_dir: str | Path, output_dir: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

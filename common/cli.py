@@ -10,9 +10,15 @@ the field, the value given and what is allowed.
 from __future__ import annotations
 
 import argparse
+import enum
+import json
+import textwrap
+import types
+import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -89,8 +95,99 @@ def load_config(cls: type[M], path: str | Path | None = None, overrides: list[st
         raise ConfigError(format_errors(e, source)) from None
 
 
-def stage_parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+class ConfigKey(NamedTuple):
+    key: str            # dotted, as an override names it (`generation.k`); `[]` marks a list's items
+    type: str           # e.g. `int >= 2`, `rs-dpo | best-worst`, `str | null`
+    default: str        # as YAML would write it
+    description: str    # the Field's description (a section's: its model's docstring)
+
+
+_BOUNDS = ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", ">="), (annotated_types.Lt, "lt", "<"),
+           (annotated_types.Le, "le", "<="))
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " | ".join(str(m.value) for m in tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_defaults=True)
+    elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+        value = [v.model_dump(mode="json", exclude_defaults=True) for v in value]
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, bool | list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _model_of(tp: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the BaseModel inside `tp` -- `M`, `M | None` or `list[M]` --, whether it is a list), else (None, False)."""
+    for arg in (tp, *typing.get_args(tp)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, False
+        if typing.get_origin(arg) is list and (inner := _model_of(typing.get_args(arg)[0])[0]) is not None:
+            return inner, True
+    return None, False
+
+
+def config_keys(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[ConfigKey]:
+    """Every key of `model` with its type, default and description; nested sections flattened (dotted).
+
+    Defaults come from `defaults` (an instance), so a section built by a default factory with other
+    values than its class (EvalConfig.sampler) shows the values it really gets."""
+    defaults = model.model_construct() if defaults is None else defaults
+    keys = []
+    for name, field in model.model_fields.items():
+        value = getattr(defaults, name)
+        sub, is_list = _model_of(field.annotation)
+        limits = [f"{sym} {getattr(m, attr)}" for m in field.metadata for cls, attr, sym in _BOUNDS
+                  if isinstance(m, cls)]
+        limits += [f"matching {m.pattern}" for m in field.metadata if getattr(m, "pattern", None)]
+        type_name = _type_name(field.annotation) + (f" ({', '.join(limits)})" if limits else "")
+        description = field.description or ((sub.__doc__ or "").strip().split("\n")[0] if sub else "")
+        if sub is None:
+            keys.append(ConfigKey(prefix + name, type_name, _yaml_value(value), description))
+            continue
+        if field.description or value is None or is_list:
+            keys.append(ConfigKey(prefix + name, type_name, _yaml_value(value) if value is None or is_list
+                                  else "(section)", description))
+        item = value[0] if is_list and value else (None if is_list or value is None else value)
+        keys.extend(config_keys(sub, f"{prefix}{name}{'[]' if is_list else ''}.", item))
+    return keys
+
+
+def config_help(sections: dict[str, type[BaseModel]]) -> str:
+    """An argparse epilog listing the config keys of `sections` ({key prefix: model}), from the models."""
+    lines = ["config keys (in the YAML file, or as key=value overrides; dotted keys reach nested sections):"]
+    for prefix, model in sections.items():
+        for k in config_keys(model, prefix):
+            lines.append(f"  {k.key}: {k.type} = {k.default}")
+            lines += textwrap.wrap(k.description, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+def stage_parser(description: str, sections: dict[str, type[BaseModel]]) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description, epilog=config_help(sections),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="input file or shard folder")
     ap.add_argument("--output", required=True, help="output shard folder")
     ap.add_argument("--config", help="YAML config (a run config's stage section is picked up too)")

@@ -22,7 +22,7 @@ from generation.schema import ERROR, NUM_TOKENS, SAMPLES_SCHEMA
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__).parse_args(argv)
+    args = stage_parser(__doc__, {"": SamplerConfig, "prompts.": PromptsConfig}).parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
         prompt_over = overrides.pop("prompts", {}) | {"source": args.input}

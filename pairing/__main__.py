@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import ConfigError, load_config, stage_parser
+from common.cli import ConfigError, config_help, load_config, stage_parser
 from common.manifest import read_manifest, write_manifest
 from common.shards import ShardError, list_shards, read_shard, write_shard
 from pairing import rules
@@ -76,9 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m pairing", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[stage_parser("pair scored shards")], add_help=False,
-                   help="pair scored shards (the default: `python -m pairing --input ...` runs this)")
-    sweep = sub.add_parser("sweep", help="re-pair cached scored shards over an eta x tau grid; write a report")
+    keys = config_help({"": PairingConfig})
+    sub.add_parser("run", parents=[stage_parser("pair scored shards", {"": PairingConfig})], add_help=False,
+                   help="pair scored shards (the default: `python -m pairing --input ...` runs this)",
+                   epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep = sub.add_parser("sweep", help="re-pair cached scored shards over an eta x tau grid; write a report",
+                           epilog=keys, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--input", required=True, help="scored shard folder or file")
     sweep.add_argument("--output", required=True, help="report folder (CSV, Markdown, PNG plots)")
     sweep.add_argument("--eta", default="0.8,0.85,0.9", help="comma-separated eta values")

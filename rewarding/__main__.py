@@ -16,7 +16,7 @@ from rewarding.schema import SCORED_SCHEMA
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_parser(__doc__).parse_args(argv)
+    args = stage_parser(__doc__, {"": ScorerConfig}).parse_args(argv)
     try:
         cfg = load_config(ScorerConfig, args.config, args.overrides, section="rewarding")
         shards = list_shards(args.input)

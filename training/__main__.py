@@ -16,7 +16,7 @@ from training.config import TrainingConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser(__doc__)
+    ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
     try:
         config = load_config(TrainingConfig, args.config, args.overrides, section="training")

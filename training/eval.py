@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from common.assets import model_identity, resolve_model
-from common.cli import ConfigError, load_config
+from common.cli import ConfigError, config_help, load_config
 from common.manifest import write_manifest
 from common.shards import write_shard
 from generation.schema import ERROR, PROMPT_ID, SOURCE
@@ -181,7 +181,8 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, epilog=config_help({"": EvalConfig}),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft", required=True, help="the SFT model (the DPO reference): folder or builtin:")
     ap.add_argument("--policy", required=True, help="the trained policy folder (python -m training --output)")
     ap.add_argument("--output", required=True, help="report folder")
