@@ -8,7 +8,6 @@ prompt loading (subsets, limit, split), the rest the sampler. Rejected prompt ro
 OUT/quarantine.jsonl with their reasons.
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from common.manifest import write_manifest
 from common.shards import write_shard
 from generation.config import PromptsConfig, SamplerConfig
 from generation.prompts import PromptError, load_prompts
+from generation.quarantine import write_quarantine
 from generation.schema import ERROR, NUM_TOKENS, SAMPLES_SCHEMA
 
 
@@ -37,10 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if loaded.rejects:
-        (out / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loaded.rejects))
-        print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {out / 'quarantine.jsonl'}",
-              file=sys.stderr)
+    if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
+        print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
     t0 = time.time()
     sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine
     t1 = time.time()
