@@ -15,6 +15,8 @@ from common.cli import load_config
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "cluster" / "manifests"
 SHARED = "/mnt/shared"  # where every manifest mounts the shared volume
+IMAGE_ROOT = "/opt/rsdpo-engine/"  # where the Dockerfile's `baked` target puts this repo
+KUBERAY = ["rayjob.yaml", "rayjob-baked.yaml", "raycluster.yaml"]
 
 
 def _yaml_files() -> list[Path]:
@@ -39,7 +41,7 @@ def _commands(path: Path) -> list[str]:
 def _config_of(command: str) -> RunConfig:
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "cluster.run"], command
-    cfg_path = ROOT / argv[argv.index("--config") + 1]
+    cfg_path = ROOT / argv[argv.index("--config") + 1].removeprefix(IMAGE_ROOT)
     assert cfg_path.is_file(), f"{command!r}: {cfg_path} does not exist"
     return load_config(RunConfig, cfg_path)
 
@@ -81,10 +83,15 @@ def test_every_manifest_names_an_existing_config():
             _config_of(c)
 
 
-@pytest.mark.parametrize("name", ["rayjob.yaml", "raycluster.yaml"])
+def _kuberay_doc(name: str) -> dict:
+    return next(d for d in yaml.safe_load_all((MANIFESTS / name).read_text())
+                if d and d.get("kind") in {"RayJob", "RayCluster"})
+
+
+@pytest.mark.parametrize("name", KUBERAY)
 def test_kuberay_manifest_fits_its_config(name):
     path = MANIFESTS / name
-    doc = next(d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") in {"RayJob", "RayCluster"})
+    doc = _kuberay_doc(name)
     spec, groups = _k8s_gpu_groups(doc)
     for cmd in _commands(path):
         cfg = _config_of(cmd)
@@ -99,8 +106,29 @@ def test_kuberay_manifest_fits_its_config(name):
     if doc["kind"] == "RayJob":
         env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
         assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
-        # A remote zip of the repo (code + configs): the submitter pod has no local checkout.
-        assert env["working_dir"].endswith(".zip")
+        images = {c["image"] for pod in pods for c in pod["containers"]}
+        if "working_dir" in env:
+            # A remote zip of the repo (code + configs): the submitter pod has no local checkout.
+            assert env["working_dir"].endswith(".zip")
+        else:
+            # Code baked into the image: nothing to fetch (no working_dir, py_modules or pip), the
+            # config named where the `baked` target puts the repo, every pod on a baked image.
+            assert set(env) == {"env_vars"}, env
+            assert doc["spec"]["entrypoint"].split("--config ")[1].startswith(IMAGE_ROOT)
+            assert all("baked" in image for image in images), images
+
+
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_manifests_use_token_auth_and_state_the_operator_version(name):
+    doc = _kuberay_doc(name)
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    major, minor, _ = (int(x) for x in spec["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52), "Ray token authentication needs Ray 2.52 or newer"
+    header = (MANIFESTS / name).read_text().split("apiVersion:")[0]
+    assert "KubeRay v1.5.1 or newer" in header   # the first release with authOptions
+    # No token in the manifest: the operator generates it into a Secret.
+    assert "RAY_AUTH_TOKEN" not in yaml.safe_dump(doc)
 
 
 def test_ray_up_yaml_is_a_valid_cluster_config_that_fits_its_config():
@@ -123,6 +151,16 @@ def test_ray_up_yaml_is_a_valid_cluster_config_that_fits_its_config():
 
 def test_dockerfile_installs_the_gpu_requirements_offline_by_default():
     text = (MANIFESTS / "Dockerfile").read_text()
-    assert "COPY gpu.txt" in text and "pip install --no-cache-dir -r /tmp/requirements-gpu.txt" in text
+    assert "COPY requirements/gpu.txt /tmp/requirements-gpu.txt" in text
+    assert "pip install --no-cache-dir -r /tmp/requirements-gpu.txt" in text
     assert "HF_HUB_OFFLINE=1" in text
     assert (ROOT / "requirements" / "gpu.txt").is_file()
+
+
+def test_dockerfile_baked_target_installs_the_package_where_manifests_look():
+    text = (MANIFESTS / "Dockerfile").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-gpu AS runtime" in text and "FROM runtime AS baked" in text
+    root = IMAGE_ROOT.rstrip("/")
+    assert f"COPY --chown=ray:users . {root}" in text and f"pip install --no-cache-dir --no-deps {root}" in text
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "outputs"} <= ignored   # the context is the repo root: keep the venv out
