@@ -33,7 +33,22 @@ class LoadedPrompts:
 
 
 class PromptError(ValueError):
-    pass
+    """A prompt file or row is unusable; `field` names the row's field at fault, when one is."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _check_text(text: str, where: str, field: str) -> str:
+    """`text` as is, if it is valid Unicode. A JSON escape can write an unpaired surrogate
+    ("\\ud800"), which json.loads accepts but no UTF-8 writer (Arrow, the tokenizer) can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptError(f"{where}: field '{field}' holds an unpaired surrogate (U+{ord(text[e.start]):04X} at "
+                          f"character {e.start}); escapes must encode valid Unicode", field) from None
+    return text
 
 
 def _stable_hash(text: str) -> str:
@@ -47,29 +62,36 @@ def _normalise(obj: Any, where: str) -> tuple[str | None, list[dict[str, str]], 
     raw = obj.get("prompt", obj.get("messages"))
     key = "prompt" if "prompt" in obj else "messages"
     if raw is None:
-        raise PromptError(f"{where}: field 'prompt' (or 'messages') is missing")
+        raise PromptError(f"{where}: field 'prompt' (or 'messages') is missing", key)
     if isinstance(raw, str):
-        messages = [{"role": "user", "content": raw}]
+        messages = [{"role": "user", "content": _check_text(raw, where, key)}]
     elif isinstance(raw, list):
         messages = []
         for i, m in enumerate(raw):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            # the role is looked up in a set: a list or dict there must be a row error, not a TypeError
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str) \
+                    or m["role"] not in ROLES:
                 raise PromptError(
-                    f"{where}: field '{key}[{i}]' must be {{'role': one of {sorted(ROLES)}, 'content': str}}")
-            messages.append({"role": m["role"], "content": m["content"]})
+                    f"{where}: field '{key}[{i}]' must be {{'role': one of {sorted(ROLES)}, 'content': str}}",
+                    f"{key}[{i}]")
+            messages.append({"role": m["role"], "content": _check_text(m["content"], where, f"{key}[{i}].content")})
     else:
-        raise PromptError(f"{where}: field '{key}' must be a string or a list of messages, got {type(raw).__name__}")
+        raise PromptError(f"{where}: field '{key}' must be a string or a list of messages, got {type(raw).__name__}",
+                          key)
     if not messages or messages[-1]["role"] != "user":
-        raise PromptError(f"{where}: field '{key}' must end with a user turn")
+        raise PromptError(f"{where}: field '{key}' must end with a user turn", key)
     if not any(m["content"].strip() for m in messages if m["role"] == "user"):
-        raise PromptError(f"{where}: field '{key}' is empty (no user text)")
+        raise PromptError(f"{where}: field '{key}' is empty (no user text)", key)
     pid = obj.get("prompt_id", obj.get("id"))
-    if pid is not None and not isinstance(pid, (str, int)):
-        raise PromptError(f"{where}: field 'prompt_id' must be a string or integer")
+    id_key = "prompt_id" if "prompt_id" in obj else "id"
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (str, int))):
+        raise PromptError(f"{where}: field '{id_key}' must be a string or integer, got {type(pid).__name__}", id_key)
     ref = obj.get("reference")
     if ref is not None and not isinstance(ref, str):
-        raise PromptError(f"{where}: field 'reference' must be a string")
-    return (str(pid) if pid is not None else None), messages, ref
+        raise PromptError(f"{where}: field 'reference' must be a string", "reference")
+    if ref is not None:
+        _check_text(ref, where, "reference")
+    return (_check_text(str(pid), where, id_key) if pid is not None else None), messages, ref
 
 
 def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[dict]]:
@@ -91,6 +113,10 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[dict]]:
             except json.JSONDecodeError as e:
                 rejects.append({"source": str(path), "line": where, "field": None,
                                 "reason": f"{where}: malformed JSON ({e.msg} at column {e.colno})", "raw": line[:200]})
+            except (ValueError, RecursionError) as e:  # valid JSON past Python's limits
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+                rejects.append({"source": str(path), "line": where, "field": None,
+                                "reason": f"{where}: JSON value not readable ({why})", "raw": line[:200]})
     return rows, rejects
 
 
@@ -144,7 +170,8 @@ def in_heldout(prompt_id: str, fraction: float) -> bool:
 def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
     """Read, validate and normalise prompts; every input row ends up in `table` or `rejects`."""
     rejects: list[dict] = []
-    if cfg.source.startswith("builtin:"):
+    builtin = cfg.source.startswith("builtin:")
+    if builtin:
         raw_rows = _builtin(cfg.source.removeprefix("builtin:"), cfg)
         default_source = cfg.source
     else:
@@ -166,7 +193,7 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
         try:
             pid, msgs, ref = _normalise(obj, where)
         except PromptError as e:
-            rejects.append({"source": default_source, "line": where, "field": None, "reason": str(e),
+            rejects.append({"source": default_source, "line": where, "field": e.field, "reason": str(e),
                             "raw": json.dumps(obj, default=str)[:200]})
             continue
         if pid is None:
@@ -182,7 +209,8 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
         ids.append(pid)
         messages.append(msgs)
         refs.append(ref if cfg.use_reference else None)
-        sources.append(obj.get("_source", default_source) if isinstance(obj, dict) else default_source)
+        # a builtin set names each row's subset; a file's rows all come from the file
+        sources.append(obj["_source"] if builtin else default_source)
     if cfg.limit is not None:
         ids, messages, refs, sources = ids[: cfg.limit], messages[: cfg.limit], refs[: cfg.limit], sources[: cfg.limit]
     table = pa.table({PROMPT_ID: ids, PROMPT: messages, REFERENCE: refs, SOURCE: sources}, schema=PROMPTS_SCHEMA)

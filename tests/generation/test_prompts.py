@@ -73,3 +73,17 @@ def test_cpu_engine_never_splits_a_seeded_prefill():
     assert "enable_chunked_prefill" not in gpu and gpu["load_format"] == "safetensors"
     assert engine_kwargs(SamplerConfig(vllm={"max_num_batched_tokens": 4096}), cpu=True)["max_num_batched_tokens"] == 4096
     assert "load_format" not in engine_kwargs(SamplerConfig(allow_pickle_weights=True), cpu=False)
+
+
+def test_unencodable_text_is_quarantined_naming_the_field(tmp_path):
+    # valid JSON whose escapes decode to unpaired surrogates: json.loads accepts them, Arrow cannot write them
+    p = _write(tmp_path, [b'{"prompt": "ok"}', b'{"prompt": "a \\ud800 b"}', b'{"prompt": "r", "reference": "\\udfff"}',
+                          b'{"prompt": [{"role": "user", "content": "\\ud83d"}]}', b'{"prompt": "i", "id": "\\udc00"}',
+                          b'{"prompt": "n", "prompt_id": ' + b"7" * 5000 + b"}"])
+    loaded = load_prompts(PromptsConfig(source=str(p)))
+    assert loaded.table.column("prompt_id").to_pylist() == [loaded.table.column("prompt_id")[0].as_py()]
+    by_line = {r["line"].rsplit(":", 1)[1]: r for r in loaded.rejects}
+    assert {n: r["field"] for n, r in by_line.items()} == {
+        "2": "prompt", "3": "reference", "4": "prompt[0].content", "5": "id", "6": None}
+    assert all("unpaired surrogate" in by_line[n]["reason"] for n in "2345")
+    assert "integer string conversion" in by_line["6"]["reason"]
