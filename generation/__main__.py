@@ -16,7 +16,7 @@ from common.cli import ConfigError, load_config, parse_overrides, stage_parser
 from common.manifest import write_manifest
 from common.shards import write_shard
 from generation.config import PromptsConfig, SamplerConfig
-from generation.prompts import PromptError, load_prompts
+from generation.prompts import PromptError, check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, NUM_TOKENS, SAMPLES_SCHEMA
 
@@ -29,16 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         pcfg = load_config(PromptsConfig, args.config, prompt_over, section="prompts")
         scfg = load_config(SamplerConfig, args.config, overrides, section="generation")
         loaded = load_prompts(pcfg)
+        out = Path(args.output)
+        if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
+            print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
+        check_usable(loaded, pcfg, quarantined)
     except (ConfigError, PromptError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from common.assets import model_identity
     from generation.sampler import Sampler
 
-    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
-        print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
     t0 = time.time()
     sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine
     t1 = time.time()

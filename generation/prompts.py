@@ -215,3 +215,13 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
         ids, messages, refs, sources = ids[: cfg.limit], messages[: cfg.limit], refs[: cfg.limit], sources[: cfg.limit]
     table = pa.table({PROMPT_ID: ids, PROMPT: messages, REFERENCE: refs, SOURCE: sources}, schema=PROMPTS_SCHEMA)
     return LoadedPrompts(table, rejects)
+
+
+
+def check_usable(loaded: LoadedPrompts, cfg: PromptsConfig, quarantine: Path | None) -> None:
+    """Raise PromptError when no row is usable. Call it once the rejects are written to `quarantine`
+    (generation.quarantine.write_quarantine), so the reasons the message points at are on disk."""
+    if loaded.table.num_rows == 0:
+        why = (f"{len(loaded.rejects)} rejected; see the reasons in {quarantine}" if quarantine else
+               "the source holds no rows" + ("" if cfg.split == Split.ALL else f" in the {cfg.split} split"))
+        raise PromptError(f"prompts.source={cfg.source}: no usable prompts ({why})")

@@ -87,3 +87,20 @@ def test_unencodable_text_is_quarantined_naming_the_field(tmp_path):
         "2": "prompt", "3": "reference", "4": "prompt[0].content", "5": "id", "6": None}
     assert all("unpaired surrogate" in by_line[n]["reason"] for n in "2345")
     assert "integer string conversion" in by_line["6"]["reason"]
+
+
+@pytest.mark.parametrize("lines", [[b'{"prompt": ""}', b"{bad", b'{"prompt": "a \\ud800"}'], []],
+                         ids=["all_bad", "empty"])
+def test_generation_without_a_usable_row_writes_the_reasons_then_exits_2(tmp_path, capsys, lines):
+    from generation.__main__ import main
+
+    src, out = _write(tmp_path, lines), tmp_path / "out"
+    # the model is never loaded: the run stops before the engine starts
+    rc = main(["--input", str(src), "--output", str(out), f"model={tmp_path / 'no-model'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no usable prompts" in err and str(src) in err
+    if lines:
+        quarantine = out / "quarantine.jsonl"
+        assert str(quarantine) in err
+        assert sorted(json.loads(r)["line"] for r in quarantine.read_text().splitlines()) == [f"{src}:{n}" for n in (1, 2, 3)]
+    assert not list(out.glob("*.parquet"))
