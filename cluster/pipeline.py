@@ -14,7 +14,6 @@ commit marker. A re-run with the same config skips committed shards. Seeds deriv
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -34,7 +33,7 @@ from cluster.session import WORKER_ENV, connect, scorer_env
 from common.assets import model_identity, resolve_model
 from common.manifest import read_manifest, write_manifest
 from common.shards import list_shards
-from generation.prompts import LoadedPrompts, load_prompts
+from generation.prompts import LoadedPrompts, load_prompts, write_quarantine
 from generation.schema import ERROR, PROMPT_ID
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
@@ -148,16 +147,15 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     out = cfg.out
     loaded = load_prompts(cfg.prompts)
     if loaded.table.num_rows == 0:
-        raise ValueError(f"prompts.source={cfg.prompts.source}: no usable prompts "
-                         f"({len(loaded.rejects)} rejected; see the reasons in {out}/quarantine.jsonl)")
+        write_quarantine(loaded, cfg.prompts, out)  # raises PromptError, the reasons it names on disk
     plan = plan_shards(loaded.table, cfg)
     policy_path = resolve_model(cfg.generation.model)
     reward_path = resolve_model(cfg.rewarding.model)
     models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
     check_resume(cfg, plan, fresh, models)
-    if loaded.rejects:
-        (out / "quarantine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loaded.rejects))
-        print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {out / 'quarantine.jsonl'}", flush=True)
+    # after the resume check: a refused run leaves the earlier run's quarantine as it was
+    if (quarantine := write_quarantine(loaded, cfg.prompts, out)) is not None:
+        print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantine}", flush=True)
     done = {p.stem for p in list_shards(out / "scored")} if (out / "scored").exists() else set()
     todo = [(name, t) for name, t in plan if name not in done]
     print(f"[rsdpo] {loaded.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "

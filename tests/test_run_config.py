@@ -48,3 +48,23 @@ def test_chain_sections_are_checked_together():
     # training settings do not touch the data fingerprint: a resumed data job stays valid
     assert cfg.fingerprint() == load_config(RunConfig, "cluster/configs/default.yaml",
                                             ["training.beta=0.2"]).fingerprint()
+
+
+@pytest.mark.parametrize("lines", [['{"prompt": ""}', "{bad"], []], ids=["all_bad", "empty"])
+def test_job_without_a_usable_prompt_writes_the_quarantine_then_exits_2(tmp_path, capsys, lines):
+    import json
+
+    from cluster.run import main
+
+    src, out = tmp_path / "prompts.jsonl", tmp_path / "out"
+    src.write_text("".join(line + "\n" for line in lines))
+    # stops before any model is resolved or Ray starts
+    rc = main([f"prompts.source={src}", f"output_dir={out}", "training=null", "evaluation=null"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no usable prompts" in err
+    if lines:
+        assert str(out / "quarantine.jsonl") in err
+        assert sorted(json.loads(r)["line"] for r in (out / "quarantine.jsonl").read_text().splitlines()) == [
+            f"{src}:1", f"{src}:2"]
+    else:
+        assert "holds no rows" in err
