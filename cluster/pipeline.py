@@ -33,7 +33,8 @@ from cluster.session import WORKER_ENV, connect, scorer_env
 from common.assets import model_identity, resolve_model
 from common.manifest import read_manifest, write_manifest
 from common.shards import list_shards
-from generation.prompts import LoadedPrompts, load_prompts, write_quarantine
+from generation.prompts import LoadedPrompts, check_usable, load_prompts
+from generation.quarantine import write_quarantine
 from generation.schema import ERROR, PROMPT_ID
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
@@ -147,14 +148,14 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     out = cfg.out
     loaded = load_prompts(cfg.prompts)
     if loaded.table.num_rows == 0:
-        write_quarantine(loaded, cfg.prompts, out)  # raises PromptError, the reasons it names on disk
+        check_usable(loaded, cfg.prompts, write_quarantine(out, loaded.rejects))  # the reasons first, then stop
     plan = plan_shards(loaded.table, cfg)
     policy_path = resolve_model(cfg.generation.model)
     reward_path = resolve_model(cfg.rewarding.model)
     models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
     check_resume(cfg, plan, fresh, models)
     # after the resume check: a refused run leaves the earlier run's quarantine as it was
-    if (quarantine := write_quarantine(loaded, cfg.prompts, out)) is not None:
+    if (quarantine := write_quarantine(out, loaded.rejects)) is not None:
         print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantine}", flush=True)
     done = {p.stem for p in list_shards(out / "scored")} if (out / "scored").exists() else set()
     todo = [(name, t) for name, t in plan if name not in done]
