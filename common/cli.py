@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import enum
+import functools
 import json
+import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -22,12 +25,12 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from common.errors import InputError, MissingInput
+
 M = TypeVar("M", bound=BaseModel)
-# Top-level keys of a composed run config (cluster/config.py); a stage picks its own section.
-RUN_SECTIONS = {"prompts", "generation", "rewarding", "pairing", "training", "resources", "output_dir"}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     pass
 
 
@@ -64,35 +67,50 @@ def format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                section: str | None = None) -> M:
-    """Build `cls` from an optional YAML file (optionally one top-level `section` of it) + overrides."""
-    data: dict[str, Any] = {}
-    source = "config"
-    if path:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file {path} does not exist") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        if section is not None:
-            if isinstance(loaded.get(section), dict):
-                loaded = loaded[section]
-            elif RUN_SECTIONS & set(loaded):
-                loaded = {}  # a run config without this stage's section: the stage's defaults
-        data = loaded
-    if overrides:
-        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        data = deep_merge(data, extra)
-        source = f"{source} + overrides" if path else "overrides"
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping, or a ConfigError naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise MissingInput(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def validate(cls: type[M], data: dict[str, Any], source: str) -> M:
+    """`cls` from plain data, every validation error reported at once as one ConfigError."""
     try:
         return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_errors(e, source)) from None
+
+
+def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> M:
+    """Build `cls` from an optional YAML file of that model + `key=value` overrides. A stage entry
+    point given a run config uses cluster.config.stage_config, which validates the run whole."""
+    data = read_yaml(path) if path else {}
+    source = str(path) if path else "config"
+    if overrides:
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        data = deep_merge(data, extra)
+        source = f"{source} + overrides" if path else "overrides"
+    return validate(cls, data, source)
+
+
+def exits_2_on_input_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap an entry point's main: an InputError (bad config, prompt file, shard, missing model)
+    prints `error: ...` and exits 2, as README promises, instead of a traceback."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
 
 
 class ConfigKey(NamedTuple):

@@ -12,10 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import InputError, MissingInput
 from common.files import atomic_path
 
 
-class ShardError(ValueError):
+class ShardError(InputError):
     """A shard does not match the contract; the message names the file and what to do."""
 
 
@@ -57,7 +58,7 @@ def list_shards(source: str | Path) -> list[Path]:
     if source.is_file():
         return [source]
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no such shard folder or file")
+        raise MissingInput(f"{source}: no such shard folder or file")
     return sorted(p for p in source.glob("*.parquet") if p.is_file())
 
 

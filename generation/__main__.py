@@ -12,30 +12,29 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import ConfigError, load_config, parse_overrides, stage_parser
+from common.cli import exits_2_on_input_error, parse_overrides, stage_parser
 from common.manifest import write_manifest
 from common.shards import write_shard
 from generation.config import PromptsConfig, SamplerConfig
-from generation.prompts import PromptError, check_usable, load_prompts
+from generation.prompts import check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, NUM_TOKENS, SAMPLES_SCHEMA
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import stage_config  # a run config is validated whole (entry points only)
+
     args = stage_parser(__doc__, {"": SamplerConfig, "prompts.": PromptsConfig}).parse_args(argv)
-    try:
-        overrides = parse_overrides(args.overrides)
-        prompt_over = overrides.pop("prompts", {}) | {"source": args.input}
-        pcfg = load_config(PromptsConfig, args.config, prompt_over, section="prompts")
-        scfg = load_config(SamplerConfig, args.config, overrides, section="generation")
-        loaded = load_prompts(pcfg)
-        out = Path(args.output)
-        if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
-            print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
-        check_usable(loaded, pcfg, quarantined)
-    except (ConfigError, PromptError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(args.overrides)
+    prompt_over = overrides.pop("prompts", {}) | {"source": args.input}
+    pcfg = stage_config("prompts", args.config, prompt_over)
+    scfg = stage_config("generation", args.config, overrides)
+    loaded = load_prompts(pcfg)
+    out = Path(args.output)
+    if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
+        print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
+    check_usable(loaded, pcfg, quarantined)
     from common.assets import model_identity
     from generation.sampler import Sampler
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-BUILTIN_POLICY = "builtin:smollm2-135m-instruct"
+from common.assets import BUILTIN_POLICY
 
 
 class Split(StrEnum):

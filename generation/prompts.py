@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from common.assets import dist_file
+from common.errors import InputError
 from generation.config import PromptsConfig, Split
 from generation.schema import PROMPT, PROMPT_ID, PROMPTS_SCHEMA, REFERENCE, SOURCE
 
@@ -32,7 +33,7 @@ class LoadedPrompts:
     rejects: list[dict[str, Any]] = field(default_factory=list)  # {source, line, field, reason, raw}
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt file or row is unusable; `field` names the row's field at fault, when one is."""
 
     def __init__(self, message: str, field: str | None = None):

@@ -6,7 +6,7 @@
 
 The plain form writes one pairs shard per scored shard (same file stem), manifest.json (resolved
 config, raw threshold, inputs, counts, errors, warnings) and README.md (dataset card).
-Config errors exit 2; bad input shards exit 1.
+Bad config or input shards exit 2 with the reason; `validate` exits 1 when it finds a violation.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import ConfigError, config_help, load_config, stage_parser
+from common.cli import config_help, exits_2_on_input_error, stage_parser
+from common.errors import MissingInput
 from common.manifest import read_manifest, write_manifest
-from common.shards import ShardError, list_shards, read_shard, write_shard
+from common.shards import list_shards, read_shard, write_shard
 from pairing import rules
 from pairing.card import write_card
 from pairing.config import PairingConfig
@@ -34,7 +35,7 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
     """Pair every scored shard under `input_path` into `output`; returns the merged stats."""
     shards = list_shards(input_path)
     if not shards:
-        raise ConfigError(f"--input {input_path}: no .parquet scored shards there")
+        raise MissingInput(f"--input {input_path}: no .parquet scored shards there")
     out = Path(output)
     stale = sorted({p.name for p in list_shards(out)} - {p.name for p in shards}) if out.is_dir() else []
     if stale:
@@ -93,36 +94,32 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import stage_config  # a run config is validated whole (entry points only)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]                       # keep `python -m pairing --input ... --output ...`
     args = _parser().parse_args(argv)
-    try:
-        match args.command:
-            case "run":
-                config = load_config(PairingConfig, args.config, args.overrides, section="pairing")
-                stats = run(args.input, args.output, config)
-                print(f"pairing: {stats['prompts_in']} prompts -> {stats['pairs']} pairs "
-                      f"({stats['prompts_with_pairs']} with pairs, {stats['prompts_without_pairs']} without, "
-                      f"{stats['prompts_errored']} errored), strategy={config.strategy} -> {args.output}")
-            case "sweep":
-                from pairing.sweep import parse_grid, sweep
-                config = load_config(PairingConfig, args.config, args.overrides, section="pairing")
-                report = sweep(args.input, args.output, config, parse_grid(args.eta, "eta"),
-                               parse_grid(args.tau, "tau"))
-                print((report.parent / "sweep.md").read_text() + f"\nsweep: report in {report}")
-            case "validate":
-                from pairing.validate import validate
-                ok, message = validate(args.dir)
-                print(message, file=sys.stdout if ok else sys.stderr)
-                return 0 if ok else 1
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ShardError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    match args.command:
+        case "run":
+            config = stage_config("pairing", args.config, args.overrides)
+            stats = run(args.input, args.output, config)
+            print(f"pairing: {stats['prompts_in']} prompts -> {stats['pairs']} pairs "
+                  f"({stats['prompts_with_pairs']} with pairs, {stats['prompts_without_pairs']} without, "
+                  f"{stats['prompts_errored']} errored), strategy={config.strategy} -> {args.output}")
+        case "sweep":
+            from pairing.sweep import parse_grid, sweep
+            config = stage_config("pairing", args.config, args.overrides)
+            report = sweep(args.input, args.output, config, parse_grid(args.eta, "eta"),
+                           parse_grid(args.tau, "tau"))
+            print((report.parent / "sweep.md").read_text() + f"\nsweep: report in {report}")
+        case "validate":
+            from pairing.validate import validate
+            ok, message = validate(args.dir)
+            print(message, file=sys.stdout if ok else sys.stderr)
+            return 0 if ok else 1
     return 0
 
 

@@ -1,8 +1,8 @@
 """Pairing rules: pure numpy functions from rewards to (chosen, rejected) indices.
 
 Every strategy has a batch form over a padded (n_prompts, k) reward array with an eligibility
-mask, returning (rows, chosen, rejected) int64 arrays sorted by (row, chosen, rejected), and a
-one-prompt form over a 1-D reward array returning (chosen, rejected). Rewards must be finite where
+mask, returning (rows, chosen, rejected) int64 arrays sorted by (row, chosen, rejected); one
+prompt is a batch of one row. Rewards must be finite where
 eligible (pairing.pairs routes NaN/inf rows to the error list before calling these). Ties never
 pair in any strategy: every emitted pair has r_chosen > r_rejected.
 
@@ -176,36 +176,3 @@ def sigma_batch(rewards: np.ndarray, mask: np.ndarray, c: float) -> Pairs:
     dist = np.where(lower, np.abs(rewards - target[:, None]), np.inf)
     rows = np.flatnonzero(lower.any(axis=1))
     return rows, best[rows], dist[rows].argmin(axis=1)
-
-
-# ---- one-prompt forms: rewards (k,) float64, all eligible ------------------------------------------
-
-def _one(pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
-    _, chosen, rejected = pairs
-    return chosen, rejected
-
-
-def _row(rewards) -> tuple[np.ndarray, np.ndarray]:
-    r = np.asarray(rewards, dtype=np.float64).reshape(1, -1)
-    return r, np.ones(r.shape, dtype=bool)
-
-
-def rs_dpo(rewards, tau: float, eta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Algorithm 1 for one prompt. rewards [0, 1, 3], tau 1, eta 0.85 -> ([2, 2], [0, 1])."""
-    return _one(rs_dpo_batch(*_row(rewards), tau, eta))
-
-
-def all_above_margin(rewards, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    return _one(all_above_margin_batch(*_row(rewards), margin))
-
-
-def best_worst(rewards) -> tuple[np.ndarray, np.ndarray]:
-    return _one(best_worst_batch(*_row(rewards)))
-
-
-def best_random(rewards, key: int) -> tuple[np.ndarray, np.ndarray]:
-    return _one(best_random_batch(*_row(rewards), np.array([key], dtype=np.uint64)))
-
-
-def sigma(rewards, c: float) -> tuple[np.ndarray, np.ndarray]:
-    return _one(sigma_batch(*_row(rewards), c))

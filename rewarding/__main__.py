@@ -7,22 +7,21 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import ConfigError, load_config, stage_parser
+from common.cli import exits_2_on_input_error, stage_parser
 from common.manifest import read_manifest, write_manifest
-from common.shards import ShardError, list_shards, read_shard, write_shard
+from common.shards import list_shards, read_shard, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
 from rewarding.schema import SCORED_SCHEMA
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import stage_config  # a run config is validated whole (entry points only)
+
     args = stage_parser(__doc__, {"": ScorerConfig}).parse_args(argv)
-    try:
-        cfg = load_config(ScorerConfig, args.config, args.overrides, section="rewarding")
-        shards = list_shards(args.input)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = stage_config("rewarding", args.config, args.overrides)
+    shards = list_shards(args.input)
     from common.assets import model_identity
     from rewarding.scorer import Scorer
 
@@ -31,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = errors = responses = 0
     t0 = time.time()
     for path in shards:
-        try:
-            samples = read_shard(path, SAMPLES_SCHEMA)
-        except ShardError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        samples = read_shard(path, SAMPLES_SCHEMA)
         scored = scorer(samples)
         write_shard(scored, out / path.name, SCORED_SCHEMA)
         rows += scored.num_rows

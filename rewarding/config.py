@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-BUILTIN_EMBEDDER = "builtin:all-minilm-l6-v2"
+from common.assets import BUILTIN_EMBEDDER
 
 
 class Backend(StrEnum):

@@ -44,3 +44,33 @@ def test_every_config_file_parses_and_names_its_command():
         data = yaml.safe_load(f.read_text())
         if {"prompts", "generation"} & set(data):
             load_config(RunConfig, f)
+
+
+# The data flows common -> generation -> rewarding -> pairing -> training -> cluster -> bench; a module
+# imports only from its own layer or those before it.
+FLOW = ["common", "generation", "rewarding", "pairing", "training", "cluster", "bench"]
+# Stage entry points validate a run config whole, so they read the composed run config (pure pydantic,
+# no ray); nothing else may reach up the flow.
+ENTRY_POINTS = {"generation/__main__.py", "rewarding/__main__.py", "pairing/__main__.py",
+                "training/__main__.py", "training/eval.py"}
+
+
+def test_imports_follow_the_data_flow():
+    offenders = []
+    for layer, pkg in enumerate(FLOW):
+        for path in (ROOT / pkg).rglob("*.py"):
+            rel = str(path.relative_to(ROOT))
+            tree = ast.parse(path.read_text(), filename=rel)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    modules = [node.module]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in FLOW and FLOW.index(top) > layer and \
+                            not (rel in ENTRY_POINTS and module == "cluster.config"):
+                        offenders.append(f"{rel}:{node.lineno} imports {module}")
+    assert offenders == [], "imports against the data flow:\n" + "\n".join(offenders)

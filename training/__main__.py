@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import ConfigError, load_config, stage_parser
+from common.cli import exits_2_on_input_error, stage_parser
 from training.config import TrainingConfig
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import stage_config  # a run config is validated whole (entry points only)
+
     ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
-    try:
-        config = load_config(TrainingConfig, args.config, args.overrides, section="training")
-        from training.train import train
+    config = stage_config("training", args.config, args.overrides)
+    from training.train import train
 
-        train(config, args.input, args.output)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    train(config, args.input, args.output)
     return 0
 
 

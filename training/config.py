@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.assets import BUILTIN_POLICY
 from generation.config import PromptsConfig, SamplerConfig, Split
 from rewarding.config import ScorerConfig
 
-BUILTIN_POLICY = "builtin:smollm2-135m-instruct"
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 # DPOConfig fields this model owns: setting them in `dpo` too would leave two sources of truth.

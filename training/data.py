@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from common.errors import MissingInput
 from common.files import TMP_SUFFIX, atomic_path
 from common.shards import ShardError, conform
 from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
@@ -44,7 +45,7 @@ def read_pairs(source: str) -> tuple[pa.Table, str]:
     fs, path = filesystem(source)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{source}: no such pairs shard folder or file")
+        raise MissingInput(f"{source}: no such pairs shard folder or file")
     if info.type == pafs.FileType.File:
         files = [path]
     else:
@@ -53,7 +54,7 @@ def read_pairs(source: str) -> tuple[pa.Table, str]:
             if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not f.path.endswith(TMP_SUFFIX)
         )
     if not files:
-        raise FileNotFoundError(f"{source}: no *.parquet pairs shards (run the pairing stage first)")
+        raise MissingInput(f"{source}: no *.parquet pairs shards (run the pairing stage first)")
     digest = hashlib.sha256()
     tables = []
     for f in files:

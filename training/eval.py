@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from common.assets import model_identity, resolve_model
-from common.cli import ConfigError, config_help, load_config
+from common.cli import config_help, exits_2_on_input_error
 from common.manifest import write_manifest
 from common.shards import write_shard
 from generation.schema import ERROR, PROMPT_ID, SOURCE
@@ -180,20 +180,19 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
     return report
 
 
+@exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
+    from cluster.config import stage_config  # a run config is validated whole (entry points only)
+
     ap = argparse.ArgumentParser(description=__doc__, epilog=config_help({"": EvalConfig}),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft", required=True, help="the SFT model (the DPO reference): folder or builtin:")
     ap.add_argument("--policy", required=True, help="the trained policy folder (python -m training --output)")
     ap.add_argument("--output", required=True, help="report folder")
-    ap.add_argument("--config", help="YAML (an `eval:` section of a run config is picked up too)")
+    ap.add_argument("--config", help="YAML: an evaluation config, or a run config (its `evaluation:` section; the run is validated whole)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (sampler.k=4)")
     args = ap.parse_args(argv)
-    try:
-        config = load_config(EvalConfig, args.config, args.overrides, section="eval")
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
+    config = stage_config("evaluation", args.config, args.overrides)
     report = evaluate(config, args.sft, args.policy, args.output)
     o = report["overall"]
     if not o["compared"]:

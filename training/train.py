@@ -29,6 +29,7 @@ from typing import Any
 
 from common.assets import model_identity, resolve_model
 from common.cli import ConfigError
+from common.errors import InputError
 from common.manifest import write_manifest
 from training.checkpoints import (
     CACHE,
@@ -128,7 +129,7 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
     t0 = time.perf_counter()
     table, digest = read_pairs(pairs)
     if table.num_rows == 0:
-        raise ValueError(f"{pairs}: 0 pairs. Pairing emitted nothing: lower eta / tau for this reward "
+        raise InputError(f"{pairs}: 0 pairs. Pairing emitted nothing: lower eta / tau for this reward "
                          f"model's scale (see the pairing manifest) or sample more responses per prompt")
     check_same_run(output, config, digest, resume_from)
     table = shuffle(table, config.seed)

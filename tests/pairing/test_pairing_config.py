@@ -2,6 +2,7 @@
 
 import pytest
 
+from cluster.config import stage_config
 from common.cli import ConfigError, load_config
 from pairing.config import PairingConfig, Strategy
 
@@ -40,6 +41,6 @@ def test_all_errors_reported_at_once_and_unknown_keys_refused():
 
 def test_overrides_and_run_config_section(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("pairing:\n  tau: 0.05\n  strategy: sigma\nother_stage: {k: 4}\n")
-    c = load_config(PairingConfig, f, ["eta=0.9", "max_pairs_per_prompt=3"], section="pairing")
+    f.write_text("pairing:\n  tau: 0.05\n  strategy: sigma\ngeneration: {k: 4}\n")
+    c = stage_config("pairing", f, ["eta=0.9", "max_pairs_per_prompt=3"])
     assert (c.strategy, c.tau, c.eta, c.max_pairs_per_prompt) == (Strategy.SIGMA, 0.05, 0.9, 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from common.cli import load_config
+from cluster.config import stage_config
 from common.shards import conform
 from generation.config import PromptsConfig
 from generation.schema import PROMPT_ID, PROMPTS_SCHEMA, SAMPLES_SCHEMA
@@ -83,6 +83,6 @@ def test_report_counts_wins_ties_and_errors(tmp_path, tiny_policy):
 
 def test_eval_config_file_sections(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("eval:\n  sampler: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
-    c = load_config(EvalConfig, f, ["scorer.backend=classifier"], section="eval")
+    f.write_text("prompts: {split: train}\ntraining: {}\nevaluation:\n  sampler: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
+    c = stage_config("evaluation", f, ["scorer.backend=classifier"])
     assert c.sampler.k == 3 and c.prompts[0].limit == 5 and c.scorer.backend == "classifier"

@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from cluster.config import stage_config
 from common.cli import ConfigError, load_config
 from training.config import CONFIGS_DIR, DEFAULT_DPO, DeepSpeed, Existing, TrainingConfig
 
@@ -78,7 +79,7 @@ def test_every_training_yaml_parses_and_names_its_command():
     for f in files:
         assert f.read_text().startswith("# python -m training"), f"{f}: first line must give the command"
         assert isinstance(yaml.safe_load(f.read_text()), dict)
-        load_config(TrainingConfig, f, section="training")
+        stage_config("training", f)
 
 
 def test_yaml_exponents_without_a_dot_become_floats(tmp_path):
