@@ -3,7 +3,10 @@
 - outcomes: per prompt, 1 if the policy's mean reward beats the SFT's, 0.5 on a tie, 0 on a loss.
 - wilson_interval: score interval for a binomial share (the decisive, non-tied prompts).
 - bootstrap_ci: percentile interval of a statistic over prompts resampled with replacement (win rate
-  with ties as half, mean reward change).
+  with ties as half, mean reward change, length-controlled win rate).
+- lc_win_rate: the length-controlled win rate of AlpacaEval 2: a logistic regression of the per-prompt
+  outcome on tanh(length difference / its sd); sigmoid(intercept) is the win rate the policy would have
+  had at equal length.
 """
 
 from __future__ import annotations
@@ -43,3 +46,34 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray] = 
     stats = stat(values[idx], axis=1)
     lo, hi = np.quantile(stats, [0.5 - confidence / 2, 0.5 + confidence / 2])
     return float(lo), float(hi)
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-6, iters: int = 100) -> np.ndarray:
+    """(..., 2) intercept and slope of P(y=1) = sigmoid(a + b x), by Newton's method, for each leading
+    index at once (x, y: (..., n); y may be fractional, a tie is 0.5). A tiny l2 keeps a sample the
+    policy wins (or loses) entirely finite instead of running off to infinity."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    design = np.stack([np.ones_like(x), x], axis=-1)                     # (..., n, 2)
+    theta = np.zeros(x.shape[:-1] + (2,))
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(design @ theta[..., None])[..., 0]))      # (..., n)
+        grad = (design * (p - y)[..., None]).mean(-2) + l2 * theta      # (..., 2)
+        hess = np.einsum("...ni,...nj,...n->...ij", design, design, p * (1 - p)) / x.shape[-1] \
+            + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        theta = theta - step
+        if np.abs(step).max() < 1e-12:
+            break
+    return theta
+
+
+def lc_win_rate(values: np.ndarray, axis: int = -2) -> np.ndarray:
+    """Length-controlled win rate: sigmoid(intercept) of logistic_fit(tanh(d / sd(d)), outcome).
+    values: (..., n, 2) per prompt (outcome, policy-minus-SFT length); `axis` is the prompts axis
+    (bootstrap_ci passes axis=1 with its (n_resamples, n, 2) resamples)."""
+    v = np.moveaxis(np.asarray(values, dtype=float), axis, -2)
+    out, d = v[..., 0], v[..., 1]
+    sd = d.std(axis=-1, keepdims=True)
+    x = np.tanh(np.divide(d, sd, out=np.zeros_like(d), where=sd > 0))
+    a = logistic_fit(x, out)[..., 0]
+    return 1 / (1 + np.exp(-a))
