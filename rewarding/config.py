@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.assets import BUILTIN_EMBEDDER
 
+BUILTIN_JUDGE = "builtin:smollm2-judge"  # rewarding/judge.py: built on first use, never scores training data
+
 
 class Backend(StrEnum):
     EMBEDDING = "embedding"    # cosine relevance from a sentence-embedding model (embedded default)
@@ -18,7 +20,8 @@ class ScorerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Backend = Field(Backend.EMBEDDING, description="embedding | classifier")
-    model: str = Field(BUILTIN_EMBEDDER, description="local HF folder or builtin:all-minilm-l6-v2")
+    model: str = Field(BUILTIN_EMBEDDER, description="local HF folder, builtin:all-minilm-l6-v2 or "
+                       "builtin:smollm2-judge (classifier; rewarding/judge.py)")
     max_length: int = Field(512, gt=8, description="tokens per scored input (longer inputs are truncated)")
     batch_size: int = Field(64, gt=0, description="max sequences per forward pass")
     max_batch_tokens: int = Field(16384, gt=0, description="max padded tokens per forward pass")

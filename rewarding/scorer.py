@@ -26,7 +26,7 @@ import pyarrow as pa
 from common.assets import resolve_model
 from common.shards import conform
 from generation.schema import ERROR, PROMPT, REFERENCE, RESPONSES, SAMPLES_SCHEMA
-from rewarding.config import Backend, ScorerConfig
+from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
 from rewarding.schema import REWARD_MAX, REWARD_MEAN, REWARD_MIN, REWARD_STD, REWARDS, SCORED_SCHEMA
 
 
@@ -94,7 +94,12 @@ class Scorer:
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
         self.config = config
-        self.model_path = resolve_model(config.model)
+        if config.model == BUILTIN_JUDGE:
+            from rewarding.judge import judge_dir  # built on first use, then cached
+
+            self.model_path = judge_dir()
+        else:
+            self.model_path = resolve_model(config.model)
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device)
         dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else torch.float32,
