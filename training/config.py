@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from common.assets import BUILTIN_POLICY
 from generation.config import PromptsConfig, SamplerConfig, Split
-from rewarding.config import ScorerConfig
+from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -132,7 +132,17 @@ class EvalConfig(BaseModel):
         default_factory=lambda: SamplerConfig(k=2, temperature=0.7, max_tokens=256),
         description="sampling for both policies (`model` is ignored: --sft / --policy choose them); "
         "k responses per prompt, compared by their mean reward")
-    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the one reward model for both")
+    scorer: ScorerConfig = Field(
+        default_factory=ScorerConfig, description="the training reward: the scorer the pairs were made with "
+        "(the chain passes the run's `rewarding` section unless this is set)")
+    judges: list[ScorerConfig] = Field(
+        default_factory=lambda: [ScorerConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")],
+        description="scorers reported beside the training reward, each a local model; the default "
+        "builtin:smollm2-judge never scored training data (rewarding/judge.py). [] = training reward only "
+        "(the report warns)")
+    judge_check_prompts: int = Field(
+        40, ge=0, description="AlpacaEval held-out prompts whose reference-vs-corrupted pairs measure every "
+        "scorer's pair accuracy (rewarding/preference.py); 0 = not measured")
     confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples over prompts")
     seed: int = Field(0, description="sampling run seed (both policies get the same per-prompt seeds) "

