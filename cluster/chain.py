@@ -18,6 +18,15 @@ from cluster.config import RoundReference, RunConfig
 from cluster.pipeline import run_pipeline
 from cluster.session import connect
 from common.manifest import read_manifest, write_manifest
+from training.config import EvalConfig
+
+
+def evaluation_config(cfg: RunConfig) -> EvalConfig:
+    """The run's evaluation, scoring with the run's own reward (`rewarding`) as the training reward
+    unless `evaluation.scorer` was set explicitly."""
+    if "scorer" in cfg.evaluation.model_fields_set:
+        return cfg.evaluation
+    return cfg.evaluation.model_copy(update={"scorer": cfg.rewarding.model_copy(deep=True)})
 
 
 def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
@@ -53,16 +62,18 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
         policy = str(out_model)
 
         if cfg.evaluation is not None:
-            report_file = rdir / "eval" / "report.json"
-            if report_file.exists():
-                report = json.loads(report_file.read_text())
-            else:
-                from training.eval import evaluate
+            from training.eval import evaluate, summary
 
+            report_file = rdir / "eval" / "report.json"
+            report = json.loads(report_file.read_text()) if report_file.exists() else {}
+            if "results" not in report:  # none yet, or one written before judges existed
                 print(f"[rsdpo] round {i}: evaluating {policy} against {sft} on held-out prompts", flush=True)
-                report = evaluate(cfg.evaluation, sft, policy, rdir / "eval")
+                report = evaluate(evaluation_config(cfg), sft, policy, rdir / "eval")
+            for line in summary(report):
+                print(f"[rsdpo] round {i}: {line}", flush=True)
             record["evaluation"] = {"report": str(report_file), "plot": str(rdir / "eval" / "rewards.png"),
-                                    "overall": report.get("overall", report)}
+                                    "overall": {name: r["overall"] for name, r in report["results"].items()},
+                                    "warnings": report["warnings"]}
         rounds.append(record)
         write_manifest(cfg.out, {"stage": "chain", "config": cfg.model_dump(mode="json"), "rounds": rounds})
     return {"rounds": rounds, "manifest": str(Path(cfg.out) / "manifest.json")}

@@ -68,3 +68,18 @@ def test_job_without_a_usable_prompt_writes_the_quarantine_then_exits_2(tmp_path
             f"{src}:1", f"{src}:2"]
     else:
         assert "holds no rows" in err
+
+
+def test_evaluation_scores_with_the_runs_reward():
+    """The chain's evaluation uses the run's `rewarding` section as the training reward (it used the
+    MiniLM default even when the run's reward was a classifier), unless evaluation.scorer is set."""
+    from cluster.chain import evaluation_config
+
+    cfg = load_config(RunConfig, "cluster/configs/default.yaml",
+                      ["rewarding.backend=classifier", "rewarding.model=/models/rm", "rewarding.max_length=300"])
+    ecfg = evaluation_config(cfg)
+    assert (ecfg.scorer.backend, ecfg.scorer.model, ecfg.scorer.max_length) == ("classifier", "/models/rm", 300)
+    assert [j.model for j in ecfg.judges] == ["builtin:smollm2-judge"]
+    own = load_config(RunConfig, "cluster/configs/default.yaml",
+                      ["rewarding.backend=classifier", "rewarding.model=/models/rm", "evaluation.scorer.max_length=128"])
+    assert evaluation_config(own).scorer.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept

@@ -11,8 +11,8 @@ import pytest
 from cluster.config import stage_config
 from common.assets import model_identity
 from common.manifest import write_manifest
-from common.tiny import build_tiny_llama
 from common.shards import conform
+from common.tiny import build_tiny_llama
 from generation.config import PromptsConfig
 from generation.schema import PROMPT_ID, PROMPTS_SCHEMA, SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
