@@ -18,10 +18,10 @@ import ray
 from common.shards import conform, write_shard
 from generation.config import SamplerConfig
 from generation.schema import ERROR, NUM_TOKENS, RESPONSES
+from pairing.card import write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.rules import stable_key
-from pairing.schema import PAIRS_SCHEMA
 from rewarding.config import ScorerConfig
 from rewarding.schema import SCORED_SCHEMA
 
@@ -102,7 +102,7 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
         t0 = time.perf_counter()
         result = make_pairs(scored, pcfg, shuffle_seed=stable_key(pcfg.seed, shard))
         t_pair = time.perf_counter() - t0
-        write_shard(result.pairs, out / "pairs" / f"{shard}.parquet", PAIRS_SCHEMA)
+        write_pairs_shard(result, out / "pairs" / f"{shard}.parquet")
         write_shard(scored, out / "scored" / f"{shard}.parquet", SCORED_SCHEMA)
         errors = scored.column(ERROR).to_pylist()
         summaries.append({

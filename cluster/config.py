@@ -109,7 +109,7 @@ class RunConfig(BaseModel):
             "prompts": self.prompts.model_dump(mode="json"),
             "generation": self.generation.model_dump(mode="json", exclude={"vllm"}),
             "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "max_padding", "device"}),
-            "pairing": self.pairing.model_dump(mode="json"),
+            "pairing": self.pairing.model_dump(mode="json", exclude={"license"}),  # the card's, not the pairs' 
             "shard_size": self.shard_size,
         }
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

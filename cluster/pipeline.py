@@ -31,11 +31,12 @@ from cluster.config import RunConfig
 from cluster.plan import check_resume, clear_temps, plan_shards
 from cluster.session import WORKER_ENV, connect, scorer_env
 from common.assets import model_identity, resolve_model
-from common.manifest import read_manifest, write_manifest
+from common.manifest import write_manifest
 from common.shards import list_shards
 from generation.prompts import LoadedPrompts, check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, PROMPT_ID
+from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
 from rewarding.schema import REWARD_MAX, REWARD_MIN
@@ -253,21 +254,12 @@ def finish(state: RunState) -> dict:
         "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
         "counts": counts, "throughput": _rates(state.committed, wall), "ray_address": state.address,
         "error_rows": totals["error_rows"], "warnings": warnings,
-        "threshold_raw": raw_threshold(cfg.pairing.tau, cfg.pairing.eta),
+        "raw_threshold": raw_threshold(cfg.pairing.tau, cfg.pairing.eta),
     }
     write_manifest(out / "scored", {"stage": "scored", "config": config, "models": models,
                                     "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})
-    write_manifest(out / "pairs", {"stage": "pairing", "config": {"pairing": config["pairing"]}, "models": models,
-                                   "inputs": [str(out / "scored")], "threshold_raw": run["threshold_raw"],
-                                   "counts": {"prompts_in": totals["rows"], "pairs": counts["pairs"],
-                                              "prompts_with_pairs": counts["prompts_with_pairs"],
-                                              "prompts_errored": counts["row_errors"]},
-                                   "warnings": warnings})
-    try:
-        from pairing.card import write_card
-
-        write_card(out / "pairs", cfg.pairing, read_manifest(out / "pairs")["counts"], [str(out / "scored")])
-    except ImportError:
-        pass
+    write_pairs_meta(out / "pairs", cfg.pairing, list_shards(out / "pairs"), made_by="rsdpo run (the cluster pipeline)",
+                     inputs=[out / "scored"], models=models, spreads=totals["spreads"],
+                     upstream={k: config[k] for k in UPSTREAM_SECTIONS}, warnings=warnings)
     write_manifest(out, run)
     return run

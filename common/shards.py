@@ -62,6 +62,11 @@ def list_shards(source: str | Path) -> list[Path]:
     return sorted(p for p in source.glob("*.parquet") if p.is_file())
 
 
+def shard_metadata(path: str | Path) -> dict[bytes, bytes]:
+    """The key-value metadata of a shard's schema, from its footer (no data read)."""
+    return pq.read_schema(path).metadata or {}
+
+
 def read_shard(path: str | Path, schema: pa.Schema) -> pa.Table:
     try:
         table = pq.read_table(path)

@@ -19,13 +19,12 @@ import numpy as np
 
 from common.cli import config_help, exits_2_on_input_error, stage_parser
 from common.errors import MissingInput
-from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards, read_shard, write_shard
+from common.manifest import read_manifest
+from common.shards import list_shards, read_shard
 from pairing import rules
-from pairing.card import write_card
+from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import coverage_warning, make_pairs, merge_stats
-from pairing.schema import PAIRS_SCHEMA
 from rewarding.schema import SCORED_SCHEMA
 
 COMMANDS = ("run", "sweep", "validate")
@@ -41,35 +40,25 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
     if stale:
         print(f"warning: {out} also holds shards this run does not write ({', '.join(stale[:5])}"
               f"{', ...' if len(stale) > 5 else ''}): readers of the folder will see them too", file=sys.stderr)
-    parts, spreads, per_shard = [], [], []
+    parts, spreads, written = [], [], []
     for path in shards:
         result = make_pairs(read_shard(path, SCORED_SCHEMA), config,
                             shuffle_seed=rules.stable_key(config.seed, path.stem))
-        target = write_shard(result.pairs, out / f"{path.stem}.parquet", PAIRS_SCHEMA)
+        written.append(write_pairs_shard(result, out / f"{path.stem}.parquet"))
         parts.append(result.stats)
         spreads.append(result.spreads)
-        per_shard.append({"input": str(path), "output": str(target), "prompts": result.stats["prompts_in"],
-                          "pairs": result.stats["pairs"], "errored": result.stats["prompts_errored"]})
     stats = merge_stats(parts)
     spread = np.concatenate(spreads)
     warning = coverage_warning(config, stats, spread)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    upstream = read_manifest(Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent)
-    write_manifest(out, {
-        "stage": "pairing",
-        "config": config.model_dump(mode="json"),
-        "raw_threshold": rules.raw_threshold(config.tau, config.eta),
-        "raw_threshold_note": "rs-dpo accepts (j, l) iff sigmoid((r_j - r_l)/tau) > eta, "
-                              "i.e. r_j - r_l > tau * ln(eta / (1 - eta))",
-        "inputs": [str(p) for p in shards],
-        "upstream_manifest": upstream,
-        "counts": {"in": stats["prompts_in"], "out": stats["pairs"], "errored": stats["prompts_errored"]},
-        "stats": stats,
-        "shards": per_shard,
-        "warnings": [warning] if warning else [],
-    })
-    write_card(out, config, stats, [input_path], spreads=spread)
+    # What made the scored input: the pipeline's scored manifest holds the whole run config,
+    # `python -m rewarding`'s its own section and the models.
+    upstream = read_manifest(Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent) or {}
+    made = {k: v for k, v in upstream.get("config", {}).items() if k in UPSTREAM_SECTIONS}
+    write_pairs_meta(out, config, written, made_by="python -m pairing", inputs=[input_path],
+                     models=upstream.get("models", {}), spreads=spread, upstream=made,
+                     warnings=[warning] if warning else [])
     return stats
 
 

@@ -1,23 +1,36 @@
-"""Dataset card (README.md) for a pairs folder: what made it, counts, schema, how to load it.
+"""The one writer of a pairs folder's manifest.json and README.md (a Hub-ready dataset card).
 
-Written by `python -m pairing`; the cluster pipeline calls write_card after its pairs sink too.
+Both the cluster pipeline's finish step and `python -m pairing` call `write_pairs_meta`, so the two
+never differ in keys or counts. The counts are not handed in: every pairs shard carries the
+make_pairs stats of its own rows in its Parquet footer (`write_pairs_shard`), and the writer sums
+those of the shards it is given, so a resumed run counts shards committed by earlier sessions too.
+
+The card is built with huggingface_hub's DatasetCard / DatasetCardData: YAML front matter with
+`configs` (data_files relative to the card, where the shards really lie), the features of
+PAIRS_SCHEMA, task category, tags, size category and license, then the generation and pairing
+settings, the counts, the schema and how to load it. Every path in it is relative to the folder;
+models are named by folder name and content hash, never by where they sit on this machine.
 Adds reward_spread.png (per-prompt max - min reward) when matplotlib is installed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow as pa
+from huggingface_hub import DatasetCard, DatasetCardData
 
-from common.manifest import read_manifest
-from common.shards import list_shards
-from generation.schema import ERROR, PROMPT, PROMPT_ID
+from common.files import atomic_path
+from common.manifest import write_manifest
+from common.shards import shard_metadata, write_shard
+from generation.schema import PROMPT, PROMPT_ID
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
+from pairing.pairs import PairingResult, merge_stats
 from pairing.schema import (
     CHOSEN,
     CHOSEN_INDEX,
@@ -28,10 +41,15 @@ from pairing.schema import (
     REJECTED_REWARD,
     STRATEGY,
 )
-from rewarding.schema import REWARDS
 
 CARD = "README.md"
+UPSTREAM_SECTIONS = ("prompts", "generation", "rewarding")   # run-config sections that made the scored input
 SPREAD_PLOT = "reward_spread.png"
+STATS_KEY = b"rsdpo.pairing_stats"   # Parquet footer key of a pairs shard: its make_pairs stats (JSON)
+TAGS = ["dpo", "preference", "synthetic", "trl", "rs-dpo"]
+# The Hub's size buckets, by upper bound on rows.
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 
 COLUMN_MEANING = {
     PROMPT: "the conversation so far, a list of {role, content}; the last turn is the user's",
@@ -44,46 +62,58 @@ COLUMN_MEANING = {
     REJECTED_INDEX: "index of the rejected reply among the prompt's k samples",
     STRATEGY: "pairing strategy that emitted the pair",
 }
+COUNT_LABELS = {
+    "prompts_in": "prompts in", "prompts_with_pairs": "prompts with >= 1 pair",
+    "prompts_without_pairs": "prompts without a pair (usable)", "prompts_errored": "prompts errored (never paired)",
+    "pairs": "pairs", "candidates_evaluated": "candidate ordered pairs evaluated",
+    "responses_in": "responses in", "responses_eligible": "responses eligible",
+    "responses_dropped_duplicate": "responses dropped as duplicates",
+    "responses_dropped_truncated": "responses dropped as truncated",
+}
 
 
-def _source_dirs(sources: list) -> list[Path]:
-    dirs = []
-    for s in sources:
-        p = Path(s)
-        d = p if p.is_dir() else p.parent
-        if d not in dirs:
-            dirs.append(d)
-    return dirs
+def write_pairs_shard(result: PairingResult, path: str | Path) -> Path:
+    """Write make_pairs' pairs to `path`, its stats (errors included) in the shard's footer."""
+    stats = json.dumps(result.stats).encode()
+    return write_shard(result.pairs, path, PAIRS_SCHEMA.with_metadata({STATS_KEY: stats}))
 
 
-def _models(node, prefix: str = "", depth: int = 0) -> list[str]:
-    """`key: value` lines for every manifest entry whose key mentions a model (two levels deep)."""
-    lines = []
-    if isinstance(node, dict) and depth < 3:
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if "model" in str(key).lower():
-                lines.append(f"- `{name}`: `{json.dumps(value, default=str)}`")
-            elif isinstance(value, dict):
-                lines.extend(_models(value, f"{name}.", depth + 1))
-    return lines
+def read_pairs_stats(shards: list[Path]) -> tuple[dict, list[str]]:
+    """(the summed stats of `shards`, warnings): a shard without stats in its footer (an older
+    version wrote it) is left out of the counts and named in a warning."""
+    parts, missing = [], []
+    for path in shards:
+        raw = shard_metadata(path).get(STATS_KEY)
+        if raw is None:
+            missing.append(path.name)
+        else:
+            parts.append(json.loads(raw))
+    merged = merge_stats(parts) if parts else {"errors": [], **{k: 0 for k in COUNT_LABELS}}
+    warnings = [f"{len(missing)} pairs shard(s) carry no pairing stats (written by an older version): the counts "
+                f"leave them out ({', '.join(missing[:5])})"] if missing else []
+    return merged, warnings
 
 
-def _spreads_from(sources: list) -> np.ndarray:
-    """max - min reward of every error-free scored row under `sources` (the card's fallback)."""
-    spreads = []
-    for source in sources:
-        try:
-            paths = list_shards(source)
-        except FileNotFoundError:
-            continue
-        for path in paths:
-            table = pq.read_table(path, columns=[REWARDS, ERROR])
-            ok = table.filter(pc.is_null(table.column(ERROR))).column(REWARDS)
-            for rewards in ok.to_pylist():
-                if rewards and all(np.isfinite(rewards)):
-                    spreads.append(max(rewards) - min(rewards))
-    return np.array(spreads)
+def _features(schema: pa.Schema) -> list[dict]:
+    """The card's `dataset_info.features`, as `datasets` writes them, from an Arrow schema."""
+    def one(t: pa.DataType) -> dict:
+        if pa.types.is_list(t):
+            inner = one(t.value_type)
+            return {"list": inner.get("dtype", inner.get("struct"))}
+        if pa.types.is_struct(t):
+            return {"struct": [{"name": f.name, **one(f.type)} for f in t]}
+        return {"dtype": {"double": "float64", "float": "float32", "halffloat": "float16"}.get(str(t), str(t))}
+    return [{"name": f.name, **one(f.type)} for f in schema]
+
+
+def _size_category(rows: int) -> str:
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>1B")
+
+
+def _model_line(role: str, identity: dict) -> str:
+    name = Path(str(identity.get("path", "?"))).name
+    digest = str(identity.get("sha256", ""))[:16]
+    return f"- {role}: `{name}`" + (f" (content sha256 {digest}...)" if digest else "")
 
 
 def _plot_spreads(path: Path, spreads: np.ndarray, config: PairingConfig) -> bool:
@@ -96,8 +126,8 @@ def _plot_spreads(path: Path, spreads: np.ndarray, config: PairingConfig) -> boo
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(spreads, bins=min(50, max(5, len(spreads) // 5)), color="tab:blue", alpha=0.8)
     if config.strategy == Strategy.RS_DPO:
-        ax.axvline(rules.raw_threshold(config.tau, config.eta), color="tab:red", linestyle="--",
-                   label=f"tau*ln(eta/(1-eta)) = {rules.raw_threshold(config.tau, config.eta):.3g}")
+        threshold = rules.raw_threshold(config.tau, config.eta)
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"tau*ln(eta/(1-eta)) = {threshold:.3g}")
         ax.legend()
     ax.set_xlabel("per-prompt reward spread (max - min), raw reward units")
     ax.set_ylabel("prompts")
@@ -107,22 +137,9 @@ def _plot_spreads(path: Path, spreads: np.ndarray, config: PairingConfig) -> boo
     return True
 
 
-def write_card(out_dir, config: PairingConfig, stats: dict, sources: list, *,
-               spreads: np.ndarray | None = None) -> Path:
-    """Write OUT/README.md for a pairs folder made with `config` from the scored `sources` (files or dirs).
-
-    `stats` is make_pairs' (or merge_stats') dict. `spreads` (per-prompt max - min reward) feeds the
-    plot; when None they are read from the sources' rewards.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    models = []
-    for d in _source_dirs(sources):
-        manifest = read_manifest(d)
-        if manifest:
-            models += [f"{line} (from `{d / 'manifest.json'}`)" for line in _models(manifest)]
+def _settings(config: PairingConfig) -> str:
     threshold = rules.raw_threshold(config.tau, config.eta)
-    settings = {
+    return {
         Strategy.RS_DPO: f"eta = {config.eta}, tau = {config.tau} (pairs need a raw reward gap > "
                          f"tau * ln(eta / (1 - eta)) = {threshold:.4f})",
         Strategy.ALL_ABOVE_MARGIN: f"margin = {config.margin} (raw reward units)",
@@ -130,40 +147,87 @@ def write_card(out_dir, config: PairingConfig, stats: dict, sources: list, *,
         Strategy.BEST_RANDOM: f"seed = {config.seed} (rejected drawn per prompt from (seed, prompt_id))",
         Strategy.BEST_WORST: "argmax vs argmin per prompt",
     }[config.strategy]
-    usable = stats.get("prompts_in", 0) - stats.get("prompts_errored", 0)
-    counts = [
-        ("prompts in", stats.get("prompts_in", 0)),
-        ("prompts with >= 1 pair", stats.get("prompts_with_pairs", 0)),
-        ("prompts without a pair", stats.get("prompts_without_pairs", usable - stats.get("prompts_with_pairs", 0))),
-        ("prompts errored (never paired)", stats.get("prompts_errored", 0)),
-        ("pairs", stats.get("pairs", 0)),
-        ("pairs per usable prompt", f"{stats.get('pairs', 0) / usable:.2f}" if usable else "n/a"),
-        ("candidate ordered pairs evaluated", stats.get("candidates_evaluated", 0)),
-        ("responses dropped as duplicates", stats.get("responses_dropped_duplicate", 0)),
-        ("responses dropped as truncated", stats.get("responses_dropped_truncated", 0)),
-    ]
+
+
+def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Path], *, made_by: str,
+                     inputs: list[str | Path], models: dict[str, dict], spreads: np.ndarray,
+                     upstream: dict[str, Any] | None = None, warnings: list[str] = ()) -> dict:
+    """Write OUT/manifest.json and OUT/README.md for the pairs `shards` in OUT; returns the manifest.
+
+    `inputs`: the scored folders or files paired; `models`: {role: model_identity}; `spreads`:
+    per-prompt max - min reward (the plot); `upstream`: the run-config sections that made the scored
+    input (`prompts`, `generation`, `rewarding`), those known; `warnings` go to both files.
+    """
+    out = Path(out_dir)
+    stats, stat_warnings = read_pairs_stats(shards)
+    warnings = [*warnings, *stat_warnings]
+    counts = {k: stats.get(k, 0) for k in COUNT_LABELS}
+    threshold = rules.raw_threshold(config.tau, config.eta)
+    rel_inputs = [os.path.relpath(Path(p).resolve(), out.resolve()) for p in inputs]
+    manifest = {
+        "stage": "pairing", "made_by": made_by,
+        "config": {**(upstream or {}), "pairing": config.model_dump(mode="json")},
+        "raw_threshold": threshold,
+        "raw_threshold_note": "rs-dpo accepts (j, l) iff sigmoid((r_j - r_l)/tau) > eta, "
+                              "i.e. r_j - r_l > tau * ln(eta / (1 - eta))",
+        "inputs": rel_inputs, "models": models, "counts": counts,
+        "shards": [os.path.relpath(p.resolve(), out.resolve()) for p in shards],
+        "errors": stats["errors"], "warnings": warnings,
+    }
+    write_manifest(out, manifest)
+
+    data_dirs = sorted({os.path.relpath(p.resolve().parent, out.resolve()) for p in shards}) or ["."]
+    data_files = [f"{d}/*.parquet" if d != "." else "*.parquet" for d in data_dirs]
+    card_data = DatasetCardData(
+        pretty_name="RS-DPO preference pairs", license=config.license, task_categories=["text-generation"],
+        tags=TAGS, size_categories=[_size_category(counts["pairs"])],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        dataset_info={"features": _features(PAIRS_SCHEMA),
+                      "splits": [{"name": "train", "num_examples": counts["pairs"]}]},
+    )
+    usable = counts["prompts_in"] - counts["prompts_errored"]
+    made = upstream or {}
+    gen_lines = []
+    if (prompts := made.get("prompts")) is not None:
+        # builtin sets by name, a file by its name only (never where it sits on this machine)
+        source = prompts["source"] if prompts["source"].startswith("builtin:") else Path(prompts["source"]).name
+        gen_lines.append(f"- prompts: `{source}`" + (
+            f", subsets {prompts['subsets']}" if prompts.get("subsets") else "") + f", split `{prompts['split']}`"
+            + (f", limit {prompts['limit']}" if prompts.get("limit") else ""))
+    if (g := made.get("generation")) is not None:
+        gen_lines.append(f"- sampling (vLLM): k = {g['k']} responses per prompt, max_tokens = {g['max_tokens']}, "
+                         f"temperature = {g['temperature']}, top_p = {g['top_p']}, seed = {g['seed']} (each "
+                         f"prompt's seed from (seed, prompt_id))")
+    if (r := made.get("rewarding")) is not None:
+        gen_lines.append(f"- scoring: backend `{r['backend']}`, max_length = {r['max_length']} tokens")
     lines = [
-        "# Preference pairs (RS-DPO data engine)",
+        "# RS-DPO preference pairs",
         "",
-        f"Made by `python -m pairing` with strategy **{config.strategy}**: {settings}.",
-        f"Seed {config.seed}; dedup_responses = {config.dedup_responses}; exclude_truncated = "
-        f"{config.exclude_truncated}; max_pairs_per_prompt = {config.max_pairs_per_prompt}. "
-        "Rows are shuffled within each shard (seeded). The full resolved config is in `manifest.json`.",
+        f"Made by `{made_by}` with strategy **{config.strategy}**: {_settings(config)}. Seed {config.seed}; "
+        f"dedup_responses = {config.dedup_responses}; exclude_truncated = {config.exclude_truncated}; "
+        f"max_pairs_per_prompt = {config.max_pairs_per_prompt}. Rows are shuffled within each shard (seeded). "
+        "The full resolved config is in `manifest.json`.",
+        "",
+        "## License",
+        "",
+        f"`{config.license}` (from the pairing config's `license`). Each row holds a prompt from the prompt "
+        "set and responses generated by the policy model, so the prompts' license and the policy's license "
+        "(its terms on generated output) carry over to this data: the value above must allow what both allow.",
         "",
         "## Sources",
         "",
-        *[f"- `{s}`" for s in sources],
-        "",
-        "Models (from the scored input's manifest):" if models else
-        "Models: no manifest.json found next to the scored input.",
-        *([""] + models if models else []),
+        *[f"- scored input: `{p}`" for p in rel_inputs],
+        *gen_lines,
+        *[_model_line(role, m) for role, m in models.items()],
         "",
         "## Counts",
         "",
         "| | |",
         "|---|---:|",
-        *[f"| {name} | {value} |" for name, value in counts],
+        *[f"| {COUNT_LABELS[k]} | {v} |" for k, v in counts.items()],
+        f"| pairs per usable prompt | {counts['pairs'] / usable:.2f} |" if usable else "| pairs per usable prompt | n/a |",
         "",
+        *(["## Warnings", "", *[f"- {w}" for w in warnings], ""] if warnings else []),
         "## Schema",
         "",
         "| column | type | meaning |",
@@ -174,17 +238,16 @@ def write_card(out_dir, config: PairingConfig, stats: dict, sources: list, *,
         "",
         "```python",
         "from datasets import load_dataset",
-        f'ds = load_dataset("parquet", data_files="{out}/*.parquet", split="train")',
+        'ds = load_dataset("path/to/this/folder", split="train")   # the `configs` above pick the shards',
         "# TRL's DPOTrainer reads prompt / chosen / rejected as is (conversational format).",
         "```",
     ]
-    if spreads is None:
-        spreads = _spreads_from(list(sources))
     if len(spreads) and _plot_spreads(out / SPREAD_PLOT, np.asarray(spreads), config):
         lines += ["", "## Reward spread", "",
                   f"Per-prompt reward spread (max - min over eligible responses), {len(spreads)} prompts; "
                   "a prompt can yield an rs-dpo pair only if its spread exceeds the dashed threshold.",
                   "", f"![reward spread]({SPREAD_PLOT})"]
-    path = out / CARD
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+    with atomic_path(out / CARD) as tmp:
+        card.save(tmp)
+    return manifest

@@ -62,6 +62,13 @@ class PairingConfig(BaseModel):
         None, ge=1,
         description="cap on pairs per prompt, keeping the largest raw reward gaps (None = no cap, as in the paper)",
     )
+    license: str = Field(
+        "other",
+        description="license of the pairs, written to the dataset card (a Hub license id, e.g. cc-by-nc-4.0, "
+                    "apache-2.0, other). The prompts' and the policy's licenses carry over to the pairs: pick one "
+                    "both allow. The embedded default (AlpacaEval prompts, CC BY-NC 4.0; SmolLM2, Apache-2.0) "
+                    "is cc-by-nc-4.0",
+    )
     min_prompts_with_pairs_warn: float = Field(
         0.5, ge=0, le=1,
         description="warn (stderr + manifest) when fewer than this share of usable prompts yield a pair",

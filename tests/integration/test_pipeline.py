@@ -131,3 +131,33 @@ def test_trl_dpo_trainer_accepts_pairs_without_conversion(pipeline_run, tiny_pol
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss)
+
+
+def test_pairs_card_and_manifest_come_from_the_one_writer(pipeline_run):
+    """The pipeline's pairs folder gets the same manifest keys and card as `python -m pairing`, with
+    its real counts (the card once said "candidate ordered pairs evaluated: 0" here)."""
+    from huggingface_hub import DatasetCard
+
+    from pairing.card import COUNT_LABELS
+
+    out, _ = pipeline_run
+    m = json.loads((out / "pairs" / "manifest.json").read_text())
+    assert set(m["counts"]) == set(COUNT_LABELS) and m["made_by"].startswith("rsdpo run")
+    assert m["counts"]["candidates_evaluated"] > 0 and m["counts"]["prompts_in"] == 11
+    assert m["counts"]["pairs"] == sum(pq.read_metadata(p).num_rows for p in (out / "pairs").glob("*.parquet"))
+    card = DatasetCard.load(out / "pairs" / "README.md")
+    assert card.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == m["counts"]["pairs"]
+    assert f"| candidate ordered pairs evaluated | {m['counts']['candidates_evaluated']} |" in card.text
+    assert str(out) not in card.content and "/root/" not in card.content
+
+
+def test_inspect_reads_the_run(pipeline_run):
+    out, _ = pipeline_run
+    res = _run(["-m", "common.console", "inspect", str(out), "--json"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    m = json.loads((out / "manifest.json").read_text())
+    assert report["counts"] == m["counts"] and report["pairs"]["pairs"] == m["counts"]["pairs"]
+    assert report["acceptance"]["written"] == m["counts"]["pairs"] and 0 < report["acceptance"]["rate"] <= 1
+    assert report["errors"]["by_kind"] == {"prompt_too_long": 1} and report["quarantine"]["rows"] == 1
+    assert not [w for w in report["warnings"] if "out of step" in w]

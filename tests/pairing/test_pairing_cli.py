@@ -15,7 +15,6 @@ import pytest
 from common.manifest import read_manifest, write_manifest
 from common.shards import read_shards, write_shard
 from pairing.__main__ import main
-from pairing.card import write_card
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.schema import CHOSEN, PAIRS_SCHEMA, REJECTED
@@ -48,14 +47,15 @@ def test_cli_subprocess_writes_shards_manifest_and_card(tmp_path, build):
     assert sorted(p.name for p in out.glob("*.parquet")) == ["shard-00000.parquet", "shard-00003.parquet"]
     pairs = read_shards(out, PAIRS_SCHEMA)
     manifest = read_manifest(out)
-    assert manifest["config"]["tau"] == 0.5 and manifest["config"]["eta"] == 0.9
+    assert manifest["config"]["pairing"]["tau"] == 0.5 and manifest["config"]["pairing"]["eta"] == 0.9
     assert math.isclose(manifest["raw_threshold"], 0.5 * math.log(9))
-    assert manifest["counts"] == {"in": 52, "out": pairs.num_rows, "errored": 2}
-    assert len(manifest["inputs"]) == 2 and manifest["upstream_manifest"]["stage"] == "scored"
-    assert {e["prompt_id"] for e in manifest["stats"]["errors"]} == {"b-err", "b-nan"}
+    c = manifest["counts"]
+    assert (c["prompts_in"], c["pairs"], c["prompts_errored"]) == (52, pairs.num_rows, 2)
+    assert manifest["inputs"] == ["../scored"] and manifest["models"]["reward"]["path"] == "tiny-rm"
+    assert {e["prompt_id"] for e in manifest["errors"]} == {"b-err", "b-nan"}
     card = (out / "README.md").read_text()
-    for needle in ("rs-dpo", "eta = 0.9", "tau = 0.5", "tiny-rm", "load_dataset(\"parquet\"",
-                   f"{out}/*.parquet", "| `chosen_index` |", "reward_spread.png"):
+    for needle in ("rs-dpo", "eta = 0.9", "tau = 0.5", "tiny-rm", "load_dataset(", "Made by `python -m pairing`",
+                   "| `chosen_index` |", "reward_spread.png"):
         assert needle in card, needle
     assert (out / "reward_spread.png").stat().st_size > 0
     # the same shard pairs identically in-process with the stem-derived shuffle seed
@@ -105,7 +105,7 @@ def _break(tmp_path, build, capsys, kind: str) -> str:
             pq.write_table(pa.concat_tables([t, t.slice(0, 1)]), target)
         case "rs-dpo-rule":
             m = read_manifest(out)
-            m["config"]["eta"] = 0.99
+            m["config"]["pairing"]["eta"] = 0.99
             (out / "manifest.json").write_text(json.dumps(m))
         case "duplicate-prompt-id" | "stats-mismatch":
             target = scored / "shard-00003.parquet"
@@ -163,13 +163,3 @@ def test_sweep_refuses_other_strategies(tmp_path, build, capsys):
     scored = scored_folder(tmp_path, build)
     assert main(["sweep", "--input", str(scored), "--output", str(tmp_path / "r"), "strategy=best-worst"]) == 2
     assert "only rs-dpo" in capsys.readouterr().err
-
-
-def test_write_card_with_pipeline_counts_reads_spreads_from_sources(tmp_path, build):
-    """The cluster pipeline passes its manifest counts (no spreads): the card still renders and plots."""
-    scored = scored_folder(tmp_path, build)
-    counts = {"prompts_in": 52, "pairs": 10, "prompts_with_pairs": 7, "prompts_errored": 2}
-    path = write_card(tmp_path / "p", PairingConfig(tau=0.05), counts, [str(scored)])
-    card = path.read_text()
-    assert "| prompts without a pair | 43 |" in card and "| pairs | 10 |" in card
-    assert "tiny-policy" in card and (tmp_path / "p" / "reward_spread.png").exists()
