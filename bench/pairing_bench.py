@@ -76,6 +76,7 @@ def scored_table(rewards: np.ndarray) -> pa.Table:
         "error": pa.nulls(n, pa.string()), "rewards": lists(pa.array(rewards.ravel())),
         "reward_mean": pa.array(rewards.mean(1)), "reward_std": pa.array(rewards.std(1)),
         "reward_min": pa.array(rewards.min(1)), "reward_max": pa.array(rewards.max(1)),
+        "reward_truncated": pa.array(np.zeros(n, dtype=np.int32)),
     }
     return pa.table({f.name: cols[f.name] for f in SCORED_SCHEMA}, schema=SCORED_SCHEMA)
 

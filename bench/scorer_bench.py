@@ -172,11 +172,10 @@ def scorer_forward_tokens(scorer, convs, responses, refs) -> tuple[int, int]:
         from rewarding.scorer import _last_user_text
 
         anchors = sorted({_last_user_text(x) for x in convs} | {r for r in refs if r})
-        texts = anchors + [r for _, r in flat]
+        enc = scorer._embedding_inputs(anchors + [r for _, r in flat])
     else:
-        texts = [scorer._classifier_texts(convs[i], r) for i, r in flat]
-    real = sum(len(e) for e in scorer.tokenizer(texts, add_special_tokens=c.backend == "embedding",
-                                                 truncation=True, max_length=c.max_length)["input_ids"])
+        enc = scorer.classifier_inputs([convs[i] for i, _ in flat], [r for _, r in flat])
+    real = sum(len(e) for e in enc.ids if e is not None)
     run = scorer.model.forward
     ran = 0
 

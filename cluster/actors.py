@@ -23,7 +23,7 @@ from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.rules import stable_key
 from rewarding.config import ScorerConfig
-from rewarding.schema import SCORED_SCHEMA
+from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
 
 # Bookkeeping columns that travel with each row through the actors; never written to shards.
 SHARD = "_shard"
@@ -109,6 +109,7 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
             "shard": shard, "prompts": scored.num_rows, "row_errors": sum(e is not None for e in errors),
             "pairs": result.pairs.num_rows, "prompts_with_pairs": result.stats["prompts_with_pairs"],
             "responses": sum(len(r) for r in scored.column(RESPONSES).to_pylist()),
+            "reward_truncated": sum(scored.column(REWARD_TRUNCATED).to_pylist()),
             "output_tokens": sum(sum(t) for t in scored.column(NUM_TOKENS).to_pylist()),
             "t_sample": part.column(T_SAMPLE)[0].as_py(), "t_score": part.column(T_SCORE)[0].as_py(),
             "engine_busy": part.column(ENGINE_BUSY)[0].as_py(), "sampler_id": part.column(SAMPLER_ID)[0].as_py(),

@@ -39,7 +39,8 @@ from generation.schema import ERROR, PROMPT_ID
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
-from rewarding.schema import REWARD_MAX, REWARD_MIN
+from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS
+from rewarding.scorer import truncation_warning
 
 log = logging.getLogger("rsdpo")
 
@@ -74,13 +75,15 @@ def end_iteration(rows, threads_before: set[threading.Thread], timeout: float = 
 
 def _totals(out: Path) -> dict:
     """Counts over every committed shard (this session's and earlier ones)."""
-    rows = errors = pairs = with_pairs = 0
+    rows = errors = pairs = with_pairs = responses = truncated = 0
     error_rows = []
     spreads = []  # per usable prompt: max - min reward, for the coverage warning
     for path in list_shards(out / "scored"):
-        t = pq.read_table(path, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX])
-        for pid, err, lo, hi in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+        t = pq.read_table(path, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX, REWARD_TRUNCATED, REWARDS])
+        for pid, err, lo, hi, cut, rewards in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
             rows += 1
+            responses += len(rewards)
+            truncated += cut
             if err is not None:
                 errors += 1
                 error_rows.append({"prompt_id": pid, "error": err, "shard": path.name})
@@ -93,7 +96,8 @@ def _totals(out: Path) -> dict:
         pair_ids.update(t.column(PROMPT_ID).to_pylist())
     with_pairs = len(pair_ids)
     return {"rows": rows, "row_errors": errors, "pairs": pairs, "prompts_with_pairs": with_pairs,
-            "error_rows": error_rows, "spreads": np.asarray(spreads, dtype=np.float64)}
+            "error_rows": error_rows, "spreads": np.asarray(spreads, dtype=np.float64),
+            "responses": responses, "reward_truncated": truncated}
 
 
 @dataclass
@@ -240,6 +244,7 @@ def finish(state: RunState) -> dict:
         "shards_planned": len(state.plan),
         "pairs": totals["pairs"],
         "prompts_with_pairs": totals["prompts_with_pairs"],
+        "responses_truncated": totals["reward_truncated"],  # scored from a reward-model input cut to max_length
     }
     counts["balanced"] = counts["prompts_in"] == counts["rows_out"] + counts["row_errors"] + counts["quarantined"]
     config = cfg.model_dump(mode="json")
@@ -248,6 +253,10 @@ def finish(state: RunState) -> dict:
                 "prompts_with_pairs": totals["prompts_with_pairs"]}
     if (warning := coverage_warning(cfg.pairing, coverage, totals["spreads"])) is not None:
         warning += f". Re-pair without regenerating: python -m pairing --input {out / 'scored'} --output OTHER_DIR tau=..."
+        warnings.append(warning)
+        print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
+    if (warning := truncation_warning(totals["reward_truncated"], totals["responses"],
+                                      cfg.rewarding.max_length)) is not None:
         warnings.append(warning)
         print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
     run = {

@@ -12,7 +12,7 @@ from common.manifest import read_manifest, write_manifest
 from common.shards import list_shards, read_shard, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
-from rewarding.schema import SCORED_SCHEMA
+from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
 
 
 @exits_2_on_input_error
@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage_config("rewarding", args.config, args.overrides)
     shards = list_shards(args.input)
     from common.assets import model_identity
-    from rewarding.scorer import Scorer
+    from rewarding.scorer import Scorer, truncation_warning
 
     out = Path(args.output)
     scorer = Scorer(cfg)
-    rows = errors = responses = 0
+    rows = errors = responses = truncated = 0
     t0 = time.time()
     for path in shards:
         samples = read_shard(path, SAMPLES_SCHEMA)
@@ -36,14 +36,19 @@ def main(argv: list[str] | None = None) -> int:
         rows += scored.num_rows
         errors += sum(e is not None for e in scored.column(ERROR).to_pylist())
         responses += sum(len(r) for r in scored.column(RESPONSES).to_pylist())
+        truncated += sum(scored.column(REWARD_TRUNCATED).to_pylist())
     dt = time.time() - t0
+    warnings = [w] if (w := truncation_warning(truncated, responses, cfg.max_length)) else []
+    for w in warnings:
+        print(f"[rewarding] WARNING: {w}", file=sys.stderr)
     upstream = read_manifest(args.input) if Path(args.input).is_dir() else None
     write_manifest(out, {
         "stage": "rewarding", "config": {"rewarding": cfg.model_dump(mode="json")},
         "inputs": [str(p) for p in shards],
         "models": {"reward": model_identity(scorer.model_path), **((upstream or {}).get("models", {}))},
-        "counts": {"rows_in": rows, "rows_out": rows - errors, "row_errors": errors, "responses_scored": responses},
-        "timing_s": {"score": round(dt, 2)},
+        "counts": {"rows_in": rows, "rows_out": rows - errors, "row_errors": errors, "responses_scored": responses,
+                   "responses_truncated": truncated},
+        "timing_s": {"score": round(dt, 2)}, "warnings": warnings,
     })
     print(f"[rewarding] {rows} prompts, {responses} responses scored in {dt:.1f}s "
           f"({responses / max(dt, 1e-9):.0f}/s), {errors} row errors -> {out}")

@@ -22,7 +22,10 @@ class ScorerConfig(BaseModel):
     backend: Backend = Field(Backend.EMBEDDING, description="embedding | classifier")
     model: str = Field(BUILTIN_EMBEDDER, description="local HF folder, builtin:all-minilm-l6-v2 or "
                        "builtin:smollm2-judge (classifier; rewarding/judge.py)")
-    max_length: int = Field(512, gt=8, description="tokens per scored input (longer inputs are truncated)")
+    max_length: int = Field(
+        512, gt=8, description="tokens per scored input. Longer: a classifier input loses the start of its "
+        "conversation, never its response (a response longer on its own makes the row an error); an embedded "
+        "response loses its end. Counted per row in reward_truncated")
     batch_size: int = Field(64, gt=0, description="max sequences per forward pass")
     max_batch_tokens: int = Field(16384, gt=0, description="max padded tokens per forward pass")
     max_padding: float | None = Field(

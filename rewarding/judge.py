@@ -73,13 +73,14 @@ def _features(scorer, convs: list[list[dict]], responses: list[str]) -> np.ndarr
     from rewarding.scorer import last_read_index, length_batches
 
     c = scorer.config
-    texts = [scorer._classifier_texts(conv, r) for conv, r in zip(convs, responses, strict=True)]
-    enc = scorer.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=c.max_length)["input_ids"]
+    enc = scorer.classifier_inputs(convs, responses).ids
+    if None in enc:
+        raise ValueError(f"an answer does not fit max_length={c.max_length} tokens; raise max_length")
     out: list = [None] * len(enc)
     backbone = scorer.model.model
     with torch.inference_mode():
         for idx in length_batches([len(e) for e in enc], c.batch_size, c.max_batch_tokens, scorer.max_padding):
-            ids, mask = scorer._pad([enc[i] for i in idx])
+            ids, mask, _ = scorer._pad([enc[i] for i in idx])
             hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
             for row, i in enumerate(idx):
                 out[i] = hidden[row, last_read_index(enc[i], scorer.pad_id)].float().cpu().numpy()

@@ -12,6 +12,14 @@ small and the model sees few, full batches. A decoder reward model runs the toke
 inputs share (template and prompt) once, and each response on their cached keys and values
 (`share_prefix`): k-1 of every k prompt tokens are not computed again. A non-finite reward makes
 the row an error row.
+
+An input longer than `max_length` is never cut silently. The classifier keeps the response whole
+and drops the start of the conversation (after its leading special tokens), so the reward still
+reads all of the response and the latest turn; a response that does not fit even alone makes the
+row an error (`reward_input_too_long`). The embedding backend embeds the response alone and cuts
+its end. Either way the row's `reward_truncated` column counts its cut inputs. A reward model
+without a chat template (BERT-style encoders) reads (conversation, response) as a sentence pair
+with its own special tokens ([CLS] ... [SEP] ... [SEP]) and token types.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +36,15 @@ from common.assets import resolve_model
 from common.shards import conform
 from generation.schema import ERROR, PROMPT, REFERENCE, RESPONSES, SAMPLES_SCHEMA
 from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
-from rewarding.schema import REWARD_MAX, REWARD_MEAN, REWARD_MIN, REWARD_STD, REWARDS, SCORED_SCHEMA
+from rewarding.schema import (
+    REWARD_MAX,
+    REWARD_MEAN,
+    REWARD_MIN,
+    REWARD_STD,
+    REWARD_TRUNCATED,
+    REWARDS,
+    SCORED_SCHEMA,
+)
 
 
 def length_batches(lengths: list[int], max_batch: int, max_tokens: int,
@@ -72,6 +89,47 @@ def shared_prefix_len(seqs: list[list[int]], pad_id: int | None) -> int:
     read from, so that position always lies in the input's own part."""
     common = len(os.path.commonprefix(seqs))
     return min([common] + [last_read_index(s, pad_id) for s in seqs])
+
+
+# More responses than this share scored from cut inputs is worth a warning in the stage's output.
+TRUNCATION_WARN_SHARE = 0.1
+
+
+def truncation_warning(truncated: int, responses: int, max_length: int) -> str | None:
+    """The warning for `truncated` of `responses` scored from cut inputs (reward_truncated), or None."""
+    if not responses or truncated / responses <= TRUNCATION_WARN_SHARE:
+        return None
+    return (f"{truncated} of {responses} responses ({truncated / responses:.0%}) were scored from inputs cut to "
+            f"rewarding.max_length={max_length} tokens (column reward_truncated); raise rewarding.max_length "
+            f"as far as the reward model's context allows")
+
+
+def kept_positions(n: int, cut_order: list[int], max_length: int) -> list[int] | None:
+    """Positions of an n-token input to keep so that at most `max_length` remain, dropping the
+    positions of `cut_order` in its order; None when dropping all of them is not enough."""
+    over = n - max_length
+    if over <= 0:
+        return list(range(n))
+    if over > len(cut_order):
+        return None
+    drop = set(cut_order[:over])
+    return [j for j in range(n) if j not in drop]
+
+
+@dataclass
+class Encoded:
+    """Token ids of scorer inputs, each fitted to max_length (None: it cannot be fitted)."""
+
+    ids: list[list[int] | None]
+    types: list[list[int]] | None  # token type ids of sentence-pair inputs, else None
+    truncated: list[bool]          # the input was cut to fit
+
+
+@dataclass
+class Scores:
+    rewards: list[list[float]]  # (n_prompts, k_i) raw rewards; NaN where a response could not be scored whole
+    truncated: list[int]        # per prompt: responses scored from a cut input
+    too_long: list[str | None]  # per prompt: why a response could not be scored whole, else None
 
 
 def _last_user_text(conv: list[dict]) -> str:
@@ -126,36 +184,42 @@ class Scorer:
         self.share_prefix = config.backend == Backend.CLASSIFIER and config.share_prefix and _last_token_head(model)
         self.oom_splits = 0  # batches halved after an out-of-memory error (reported in manifests)
 
-    def _forward(self, texts: list[str], groups: list[list[int]] | None = None):
-        """Run the model over texts in length-sorted, token-budgeted batches. `groups` lists the
-        indices of texts that share a prompt: with `share_prefix`, their common tokens run once.
-        Returns (n,) raw logits (classifier) or (n, d) L2-normalised embeddings (embedding)."""
+    def _forward(self, enc: Encoded, groups: list[list[int]] | None = None):
+        """Run the model over encoded inputs in length-sorted, token-budgeted batches. `groups` lists
+        the indices of inputs that share a prompt: with `share_prefix`, their common tokens run once.
+        Returns (n,) raw logits (classifier) or (n, d) L2-normalised embeddings (embedding); an input
+        that could not be fitted gets NaN."""
         import torch
 
         c = self.config
-        enc = self.tokenizer(texts, add_special_tokens=c.backend == Backend.EMBEDDING,
-                             truncation=True, max_length=c.max_length)["input_ids"]
-        owner = [-1] * len(enc)  # per text: index of the shared prefix it continues, or -1
+        run = [i for i, e in enumerate(enc.ids) if e is not None]
+        ids = {i: enc.ids[i] for i in run}
+        owner = dict.fromkeys(run, -1)  # per input: index of the shared prefix it continues, or -1
         prefixes: list[list[int]] = []
         for rows in groups if self.share_prefix and groups else []:
-            if len(rows) > 1 and (n := shared_prefix_len([enc[r] for r in rows], self.pad_id)) >= MIN_SHARED_TOKENS:
+            rows = [r for r in rows if r in ids]
+            if len(rows) > 1 and (n := shared_prefix_len([ids[r] for r in rows], self.pad_id)) >= MIN_SHARED_TOKENS:
                 for r in rows:
                     owner[r] = len(prefixes)
-                prefixes.append(enc[rows[0]][:n])
-        out: list = [None] * len(texts)
+                prefixes.append(ids[rows[0]][:n])
+        out: dict[int, object] = {}
         with torch.inference_mode():
             try:
                 caches = self._prefix_caches(prefixes)
             except NotImplementedError as e:  # found only once the model has run
                 log.warning("%s: %s; share_prefix is off for this reward model", self.model_path, e)
-                self.share_prefix, owner, prefixes, caches = False, [-1] * len(enc), [], []
-            parts = [e[len(prefixes[o]):] if o >= 0 else e for e, o in zip(enc, owner, strict=True)]
+                self.share_prefix, owner, prefixes, caches = False, dict.fromkeys(run, -1), [], []
+            parts = [ids[i][len(prefixes[owner[i]]):] if owner[i] >= 0 else ids[i] for i in run]
             for idx in length_batches([len(p) for p in parts], c.batch_size, c.max_batch_tokens, self.max_padding):
-                rows = self._halving(self._run_batch, [(parts[i], caches[owner[i]] if owner[i] >= 0 else None)
-                                                       for i in idx])
-                for i, v in zip(idx, rows, strict=True):
-                    out[i] = v
-        return np.stack(out) if out else np.zeros((0,))
+                items = [(parts[b], caches[owner[run[b]]] if owner[run[b]] >= 0 else None,
+                          enc.types[run[b]] if enc.types else None) for b in idx]
+                for b, v in zip(idx, self._halving(self._run_batch, items), strict=True):
+                    out[run[b]] = v
+        if not out:
+            return np.full((len(enc.ids),), np.nan)
+        some = np.asarray(next(iter(out.values())))
+        missing = np.full(some.shape, np.nan, dtype=some.dtype)
+        return np.stack([out.get(i, missing) for i in range(len(enc.ids))])
 
     def _halving(self, fn, items: list) -> list:
         """fn(items); on out-of-memory, halve the batch and retry, down to one input."""
@@ -172,18 +236,22 @@ class Scorer:
             half = len(items) // 2
             return self._halving(fn, items[:half]) + self._halving(fn, items[half:])
 
-    def _pad(self, ids_list: list[list[int]]):
-        """Right-padded (ids, mask) tensors. Padding with numpy: tokenizer.pad walks Python lists and
-        was a quarter of a GPU scorer's time (bench/README.md)."""
+    def _pad(self, ids_list: list[list[int]], types_list: list[list[int]] | None = None):
+        """Right-padded (ids, mask, token types or None) tensors. Padding with numpy: tokenizer.pad
+        walks Python lists and was a quarter of a GPU scorer's time (bench/README.md)."""
         import torch
 
         longest = max(map(len, ids_list))
         ids_np = np.full((len(ids_list), longest), self.pad_id, dtype=np.int64)
         mask_np = np.zeros((len(ids_list), longest), dtype=np.int64)
+        types_np = np.zeros((len(ids_list), longest), dtype=np.int64) if types_list else None
         for row, seq in enumerate(ids_list):
             ids_np[row, : len(seq)] = seq
             mask_np[row, : len(seq)] = 1
-        return torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device)
+            if types_np is not None:
+                types_np[row, : len(seq)] = types_list[row]
+        return (torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device),
+                None if types_np is None else torch.from_numpy(types_np).to(self.device))
 
     def _prefix_caches(self, prefixes: list[list[int]]) -> list:
         """Keys and values of each shared prefix, as one (layers, 2, kv_heads, len, head_dim) tensor."""
@@ -193,7 +261,7 @@ class Scorer:
         caches: list = [None] * len(prefixes)
 
         def run(batch: list[int]) -> list:
-            ids, mask = self._pad([prefixes[j] for j in batch])
+            ids, mask, _ = self._pad([prefixes[j] for j in batch])
             kv = self.model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
             if any(getattr(layer, "is_sliding", False) for layer in kv.layers):
                 raise NotImplementedError("sliding-window attention layers")
@@ -206,20 +274,22 @@ class Scorer:
                 caches[j] = kv
         return caches
 
-    def _run_batch(self, items: list[tuple[list[int], object]]) -> list:
-        """One padded forward pass over (token ids, prefix cache or None) items: an input with a
-        cache continues from it, at the positions after its prefix."""
+    def _run_batch(self, items: list[tuple[list[int], object, list[int] | None]]) -> list:
+        """One padded forward pass over (token ids, prefix cache or None, token types or None)
+        items: an input with a cache continues from it, at the positions after its prefix."""
         import torch
 
-        ids, mask = self._pad([seq for seq, _ in items])
+        ids, mask, types = self._pad([seq for seq, _, _ in items],
+                                     [t for _, _, t in items] if items[0][2] is not None else None)
+        extra = {} if types is None else {"token_type_ids": types}
         if self.config.backend == Backend.EMBEDDING:
             hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
             return list(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())  # (b, d)
-        caches = [kv for _, kv in items]
+        caches = [kv for _, kv, _ in items]
         if all(kv is None for kv in caches):
-            return list(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu().numpy())
+            return list(self.model(input_ids=ids, attention_mask=mask, **extra).logits[:, 0].float().cpu().numpy())
         from transformers import DynamicCache
 
         lens = [0 if kv is None else kv.shape[-2] for kv in caches]
@@ -238,30 +308,80 @@ class Scorer:
                          past_key_values=DynamicCache(ddp_cache_data=[(k, v) for k, v in past]))
         return list(out.logits[:, 0].float().cpu().numpy())  # (b,) raw
 
-    def _classifier_texts(self, conv: list[dict], response: str) -> str:
-        full = conv + [{"role": "assistant", "content": response}]
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(full, tokenize=False)
+    def _fit(self, ids: list[list[int]], types: list[list[int]] | None, cut_orders: list[list[int]]) -> Encoded:
+        """Fit each input to max_length by dropping its cuttable positions in order (kept_positions)."""
+        fitted: list[list[int] | None] = []
+        fitted_types: list[list[int]] | None = [] if types is not None else None
+        truncated = []
+        for n, (seq, order) in enumerate(zip(ids, cut_orders, strict=True)):
+            keep = kept_positions(len(seq), order, self.config.max_length)
+            truncated.append(keep is None or len(keep) < len(seq))
+            fitted.append(None if keep is None else [seq[j] for j in keep])
+            if fitted_types is not None:
+                fitted_types.append([] if keep is None else [types[n][j] for j in keep])
+        return Encoded(fitted, fitted_types, truncated)
+
+    def classifier_inputs(self, convs: list[list[dict]], responses: list[str]) -> Encoded:
+        """Token ids of each (conversation, response) as the classifier reads them. With a chat template:
+        the rendered conversation, whose cuttable part is the conversation before the response (after its
+        leading special tokens), earliest first. Without one: the sentence pair (conversation as plain
+        turns, response), with the tokenizer's special tokens and token types; the first sentence is the
+        cuttable part."""
+        tok = self.tokenizer
+        if tok.chat_template:
+            texts, starts, opening = [], [], {}
+            for conv, response in zip(convs, responses, strict=True):
+                text = tok.apply_chat_template(conv + [{"role": "assistant", "content": response}], tokenize=False)
+                key = id(conv)
+                if key not in opening:  # the same conversation with an empty reply: where they part, the reply starts
+                    opening[key] = tok.apply_chat_template(conv + [{"role": "assistant", "content": ""}],
+                                                           tokenize=False)
+                texts.append(text)
+                starts.append(len(os.path.commonprefix([text, opening[key]])))
+            enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+            special = set(tok.all_special_ids)
+            orders = []
+            for ids, offsets, start in zip(enc["input_ids"], enc["offset_mapping"], starts, strict=True):
+                lead = next((j for j, t in enumerate(ids) if t not in special), len(ids))
+                orders.append([j for j in range(lead, len(ids)) if offsets[j][1] <= start])
+            return self._fit(enc["input_ids"], None, orders)
         # No template: plain turns, the convention of template-less reward models.
-        return "\n\n".join(f"{m['role']}: {m['content']}" for m in full)
+        firsts = ["\n\n".join(f"{m['role']}: {m['content']}" for m in conv) + "\n\n" for conv in convs]
+        enc = tok(firsts, [f"assistant: {r}" for r in responses], add_special_tokens=True)
+        orders = [[j for j, s in enumerate(enc.sequence_ids(n)) if s == 0] for n in range(len(firsts))]
+        return self._fit(enc["input_ids"], enc.get("token_type_ids"), orders)
+
+    def _embedding_inputs(self, texts: list[str]) -> Encoded:
+        """Token ids of texts to embed, with the tokenizer's special tokens; the end is cut first."""
+        enc = self.tokenizer(texts, add_special_tokens=True)
+        orders = [[j for j, s in enumerate(enc.sequence_ids(n)) if s == 0][::-1] for n in range(len(texts))]
+        return self._fit(enc["input_ids"], None, orders)
 
     def score(self, convs: list[list[dict]], responses: list[list[str]], refs: list[str | None]) -> list[list[float]]:
-        """(n_prompts, k_i) raw rewards for each prompt's responses."""
+        """(n_prompts, k_i) raw rewards for each prompt's responses; NaN where a response does not fit
+        max_length whole."""
+        return self._score(convs, responses, refs).rewards
+
+    def _score(self, convs: list[list[dict]], responses: list[list[str]], refs: list[str | None]) -> Scores:
+        """Raw rewards of each prompt's responses, with what had to be cut to score them."""
         flat = [(i, r) for i, rs in enumerate(responses) for r in rs]
         if not flat:
-            return [[] for _ in responses]
+            return Scores([[] for _ in responses], [0] * len(responses), [None] * len(responses))
         match self.config.backend:
             case Backend.CLASSIFIER:
                 groups: dict[int, list[int]] = {}
                 for row, (i, _) in enumerate(flat):
                     groups.setdefault(i, []).append(row)
-                vals = self._forward([self._classifier_texts(convs[i], r) for i, r in flat],
-                                     list(groups.values()))  # (N,)
+                enc = self.classifier_inputs([convs[i] for i, _ in flat], [r for _, r in flat])
+                vals = self._forward(enc, list(groups.values()))  # (N,)
+                cut = enc.truncated
             case Backend.EMBEDDING:
                 # Unique prompt and reference texts are embedded once per batch, not once per response.
                 anchors = sorted({_last_user_text(c) for c in convs} | {r for r in refs if r})
                 anchor_row = {t: j for j, t in enumerate(anchors)}
-                emb = self._forward(anchors + [r for _, r in flat])   # (A + N, d)
+                enc = self._embedding_inputs(anchors + [r for _, r in flat])
+                emb = self._forward(enc)   # (A + N, d)
+                cut = enc.truncated[len(anchors):]  # a response's end was cut
                 a_emb, r_emb = emb[: len(anchors)], emb[len(anchors):]
                 p_idx = np.array([anchor_row[_last_user_text(convs[i])] for i, _ in flat])
                 vals = (r_emb * a_emb[p_idx]).sum(-1)                 # (N,) cos(response, prompt)
@@ -271,19 +391,27 @@ class Scorer:
                     ref_idx = np.array([anchor_row[refs[i]] if refs[i] else 0 for i, _ in flat])
                     ref_cos = (r_emb * a_emb[ref_idx]).sum(-1)
                     vals = np.where(has_ref, (1 - w) * vals + w * ref_cos, vals)
-        rewards: list[list[float]] = [[] for _ in responses]
-        for (i, _), v in zip(flat, vals.tolist(), strict=True):
-            rewards[i].append(float(v))
-        return rewards
+        scores = Scores([[] for _ in responses], [0] * len(responses), [None] * len(responses))
+        for row, ((i, _), v) in enumerate(zip(flat, vals.tolist(), strict=True)):
+            scores.rewards[i].append(float(v))
+            scores.truncated[i] += cut[row]
+            if enc.ids[row] is None and scores.too_long[i] is None:
+                scores.too_long[i] = (
+                    f"reward_input_too_long: response {len(scores.rewards[i]) - 1} does not fit "
+                    f"rewarding.max_length={self.config.max_length} tokens even without the conversation; "
+                    f"raise rewarding.max_length or lower generation.max_tokens")
+        return scores
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = conform(batch, SAMPLES_SCHEMA, "scorer input")
         errors = batch.column(ERROR).to_pylist()
         responses = [rs if err is None else [] for rs, err in
                      zip(batch.column(RESPONSES).to_pylist(), errors, strict=True)]
-        rewards = self.score(batch.column(PROMPT).to_pylist(), responses, batch.column(REFERENCE).to_pylist())
+        scores = self._score(batch.column(PROMPT).to_pylist(), responses, batch.column(REFERENCE).to_pylist())
+        rewards = scores.rewards
         stats: dict[str, list] = {REWARD_MEAN: [], REWARD_STD: [], REWARD_MIN: [], REWARD_MAX: []}
         for i, rs in enumerate(rewards):
+            errors[i] = errors[i] or scores.too_long[i]
             if rs and not all(math.isfinite(r) for r in rs):
                 errors[i] = errors[i] or f"nonfinite_reward: {sum(not math.isfinite(r) for r in rs)} of {len(rs)}"
             arr = np.asarray(rs, dtype=np.float64)
@@ -296,4 +424,5 @@ class Scorer:
         columns[ERROR] = pa.array(errors, pa.string())
         columns[REWARDS] = pa.array(rewards, pa.list_(pa.float64()))
         columns |= stats
+        columns[REWARD_TRUNCATED] = pa.array(scores.truncated, pa.int32())
         return pa.table(columns, schema=SCORED_SCHEMA)

@@ -5,7 +5,7 @@ import pytest
 
 from generation.schema import SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
-from rewarding.scorer import Scorer, last_read_index, length_batches, shared_prefix_len
+from rewarding.scorer import Scorer, kept_positions, last_read_index, length_batches, shared_prefix_len
 
 
 def test_length_batches_cover_everything_once_within_budget():
@@ -176,3 +176,120 @@ def test_out_of_memory_halves_the_batch_down_to_one(minilm, monkeypatch):
     monkeypatch.setattr(minilm.model, "forward", always_oom)
     with pytest.raises(torch.OutOfMemoryError):
         minilm(_samples(conv, [["one"]]))
+
+
+def test_kept_positions_drop_the_cut_order_first_and_only_what_is_over():
+    # 10 tokens, budget 7: 3 must go; the cut order is prompt positions 1..5 (position 0 is a
+    # leading special token, 6..9 the response), earliest first: 1, 2, 3 go.
+    assert kept_positions(10, [1, 2, 3, 4, 5], 7) == [0, 4, 5, 6, 7, 8, 9]
+    assert kept_positions(5, [1, 2], 8) == [0, 1, 2, 3, 4]  # fits: nothing goes
+    assert kept_positions(10, [1, 2], 7) is None            # 3 over, only 2 may go
+    assert kept_positions(6, [5, 4, 3], 4) == [0, 1, 2, 3]  # an end-first order cuts the end
+
+
+def _long_conversation(words: int) -> list[dict]:
+    return [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": " ".join(f"word{i % 7}" for i in range(words)) + " Now answer: what is rain?"}]
+
+
+def test_classifier_keeps_the_response_whole_and_cuts_the_conversation_start(tiny_reward_model):
+    """The prompt alone fills max_length: cut on the right (as before), every response lost its
+    text and all scored the same. Now the conversation's start goes, the response stays whole."""
+    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), max_length=64))
+    conv = _long_conversation(200)
+    responses = ["Rain is water falling from clouds.", "No.", "The quick brown fox jumps over the lazy dog."]
+    out = sc(_samples([conv], [responses])).to_pylist()[0]
+    assert len(set(out["rewards"])) == 3  # the responses are what differs
+    assert out["error"] is None and out["reward_truncated"] == 3
+    enc = sc.classifier_inputs([conv] * 3, responses)
+    full = [sc.tokenizer(sc.tokenizer.apply_chat_template(conv + [{"role": "assistant", "content": r}],
+                                                          tokenize=False), add_special_tokens=False)["input_ids"]
+            for r in responses]
+    tail = sc.tokenizer("Rain is water falling from clouds.<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    for ids, whole in zip(enc.ids, full, strict=True):
+        assert len(whole) > 64 and len(ids) == 64
+        assert ids[0] == whole[0] == sc.tokenizer.convert_tokens_to_ids("<|im_start|>")  # leading special kept
+        assert ids[1:] == whole[len(whole) - 63:]  # the conversation's start went, the end (the reply) stayed
+    assert enc.ids[0][-len(tail):] == tail and enc.truncated == [True] * 3
+
+
+def test_a_response_longer_than_max_length_is_a_row_error_not_a_cut(tiny_reward_model):
+    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), max_length=32))
+    convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Hi"}]]
+    long = " ".join(["rain falls on the sea"] * 20)
+    rows = sc(_samples(convs, [["Hello!", long], ["Hello!", "Hi."]])).to_pylist()
+    assert rows[0]["error"].startswith("reward_input_too_long: response 1") and rows[0]["reward_mean"] is None
+    assert rows[1]["error"] is None and rows[1]["reward_truncated"] == 0 and len(rows[1]["rewards"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_reward(tmp_path_factory):
+    """A BERT-style reward model built offline: WordPiece tokenizer with [CLS]/[SEP] pair template,
+    no chat template, BertForSequenceClassification with one label."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from common.tiny import _CORPUS
+
+    out = tmp_path_factory.mktemp("tiny_bert_rm")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(_CORPUS + ["user assistant system"], trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=specials, show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    fast = BertTokenizerFast(tokenizer_object=tok)
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(fast), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=256, num_labels=1, pad_token_id=fast.pad_token_id)
+    BertForSequenceClassification(cfg).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def test_encoder_reward_model_reads_a_sentence_pair_with_its_special_tokens(tiny_bert_reward):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_bert_reward), max_length=48))
+    tok = AutoTokenizer.from_pretrained(tiny_bert_reward)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_reward).eval()
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    responses = ["The capital of France is Paris.", "The quick brown fox."]
+    out = sc(_samples([conv], [responses])).to_pylist()[0]
+    # by hand: the pair (conversation as plain turns, response), as BERT-style reward models are trained
+    for r, reward in zip(responses, out["rewards"], strict=True):
+        ids = tok("user: What is the capital of France?\n\n", f"assistant: {r}", return_tensors="pt")
+        assert ids["input_ids"][0, 0] == cls and (ids["input_ids"][0] == sep).sum() == 2
+        assert ids["token_type_ids"][0].max() == 1
+        with torch.inference_mode():
+            assert math.isclose(reward, model(**ids).logits[0, 0].item(), rel_tol=1e-4, abs_tol=1e-5)
+    # too long: the conversation is cut, [CLS] stays first, the response and both [SEP] stay
+    long = _long_conversation(80)
+    enc = sc.classifier_inputs([long], ["The capital of France is Paris."])
+    (ids,), (types,) = enc.ids, enc.types
+    reply = tok("assistant: The capital of France is Paris.", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 48 and ids[0] == cls and ids.count(sep) == 2 and enc.truncated == [True]
+    assert ids[-len(reply) - 1:] == reply + [sep] and types[-len(reply) - 1:] == [1] * (len(reply) + 1)
+
+
+def test_rewarding_stage_counts_truncations_in_its_manifest_and_warns(tmp_path, capsys, tiny_reward_model):
+    import json
+
+    from common.shards import write_shard
+    from rewarding.__main__ import main
+
+    convs = [_long_conversation(200), [{"role": "user", "content": "Hi"}]]
+    write_shard(_samples(convs, [["Rain.", "Sun."], ["Hello!", "Hi."]]), tmp_path / "in" / "shard-00000.parquet",
+                SAMPLES_SCHEMA)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "backend=classifier",
+                 f"model={tiny_reward_model}", "max_length=64"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["responses_truncated"] == 2 and manifest["counts"]["row_errors"] == 0
+    assert "2 of 4 responses (50%)" in manifest["warnings"][0] and "WARNING" in capsys.readouterr().err

@@ -65,7 +65,7 @@ class FakeScorer:
             "rewards": rewards,
             "reward_mean": [sum(r) / len(r) if e is None else None for r, e in zip(rewards, errs, strict=True)],
             "reward_std": [0.0] * len(rewards), "reward_min": [min(r) for r in rewards],
-            "reward_max": [max(r) for r in rewards]}
+            "reward_max": [max(r) for r in rewards], "reward_truncated": [0] * len(rewards)}
         return pa.table(cols, schema=SCORED_SCHEMA)
 
 
