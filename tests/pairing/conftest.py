@@ -21,6 +21,7 @@ def scored_row(prompt_id: str, rewards: list[float], texts: list[str] | None = N
         rs.REWARD_MEAN: float(np.mean(finite)) if finite else None,
         rs.REWARD_STD: float(np.std(finite)) if finite else None,
         rs.REWARD_MIN: min(finite) if finite else None, rs.REWARD_MAX: max(finite) if finite else None,
+        rs.REWARD_TRUNCATED: 0,
     }
 
 
