@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.cli import parse_overrides
-from common.shards import write_shard
+from common.shards import shard_name, shard_path, write_shard
 from common.tiny import build_tiny_llama
 from pairing.schema import PAIRS_SCHEMA
 from training.config import TrainingConfig
@@ -52,7 +52,7 @@ def synthetic_pairs(path: Path, n: int, seed: int = 0) -> None:
         "prompt_id": f"p{i // 4}", "chosen_reward": 1.0, "rejected_reward": -1.0,
         "chosen_index": 0, "rejected_index": 1, "strategy": "bench",
     } for i in range(n)]
-    write_shard(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), path / "part-00000.parquet", PAIRS_SCHEMA)
+    write_shard(pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA), shard_path(path, shard_name(0)), PAIRS_SCHEMA)
 
 
 def run_once(model: str, pairs: Path, out: Path, precompute: bool, args) -> dict:

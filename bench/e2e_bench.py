@@ -152,6 +152,7 @@ def phase_pipeline(spec: dict) -> dict:
     import cluster.pipeline as pl
     from cluster.config import RunConfig
     from common.cli import load_config
+    from common.shards import list_shards
 
     events = spec["events"]
 
@@ -191,7 +192,7 @@ def phase_pipeline(spec: dict) -> dict:
     t_call = time.time()
     run = pl.run_pipeline(cfg, fresh=True)
     t_return = time.time()
-    shards = sorted((cfg.out / "scored").glob("*.parquet"))
+    shards = list_shards(cfg.out / "scored")
     responses, rewards, tokens = {}, {}, 0
     for p in shards:
         t = pq.read_table(p, columns=["prompt_id", "responses", "num_tokens", "rewards"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import ray
 
-from common.shards import conform, write_shard
+from common.shards import conform, shard_path, write_shard
 from generation.config import SamplerConfig
 from generation.schema import ERROR, NUM_TOKENS, RESPONSES
 from pairing.card import write_pairs_shard
@@ -102,8 +102,8 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
         t0 = time.perf_counter()
         result = make_pairs(scored, pcfg, shuffle_seed=stable_key(pcfg.seed, shard))
         t_pair = time.perf_counter() - t0
-        write_pairs_shard(result, out / "pairs" / f"{shard}.parquet")
-        write_shard(scored, out / "scored" / f"{shard}.parquet", SCORED_SCHEMA)
+        write_pairs_shard(result, shard_path(out / "pairs", shard))
+        write_shard(scored, shard_path(out / "scored", shard), SCORED_SCHEMA)
         errors = scored.column(ERROR).to_pylist()
         summaries.append({
             "shard": shard, "prompts": scored.num_rows, "row_errors": sum(e is not None for e in errors),

@@ -54,7 +54,7 @@ SEEDED_SECTIONS = ("generation", "pairing", "training", "evaluation")
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    output_dir: str = Field("outputs/default", description="run folder: scored/, pairs/, manifest.json")
+    output_dir: str = Field("outputs/default", description="run folder: scored/ and pairs/ (shards under each one's data/), README.md (dataset card), manifest.json, plan.json")
     seed: int = Field(0, description="run seed; copied into generation.seed and pairing.seed")
     shard_size: int = Field(16, gt=0, description="prompts per shard: the unit of streaming, commit and resume")
     max_error_rate: float = Field(

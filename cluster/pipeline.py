@@ -4,7 +4,7 @@
       -> map_batches(SamplerActor)  actor pool of vLLM engines, one shard per batch
       -> map_batches(ScorerActor)   actor pool of reward models
       -> map_batches(commit_shard)  tasks: pair (pure), write pairs shard, write scored shard
-      => OUT/scored/shard-NNNNN.parquet, OUT/pairs/shard-NNNNN.parquet, manifests, dataset card
+      => OUT/scored/data/shard-NNNNN.parquet, OUT/pairs/data/shard-NNNNN.parquet, manifests, cards
 
 A shard (`shard_size` prompts) is the unit of streaming, commit and resume: each writer writes
 the pairs shard then the scored shard, each atomically (temp + rename); the scored shard is the
@@ -31,8 +31,9 @@ from cluster.config import RunConfig
 from cluster.plan import check_resume, clear_temps, plan_shards
 from cluster.session import WORKER_ENV, connect, scorer_env
 from common.assets import model_identity, resolve_model
+from common.files import atomic_path
 from common.manifest import write_manifest
-from common.shards import list_shards
+from common.shards import hub_configs, list_shards
 from generation.prompts import LoadedPrompts, check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, PROMPT_ID
@@ -270,5 +271,38 @@ def finish(state: RunState) -> dict:
     write_pairs_meta(out / "pairs", cfg.pairing, list_shards(out / "pairs"), made_by="rsdpo run (the cluster pipeline)",
                      inputs=[out / "scored"], models=models, spreads=totals["spreads"],
                      upstream={k: config[k] for k in UPSTREAM_SECTIONS}, warnings=warnings)
+    write_run_card(out, counts)
     write_manifest(out, run)
     return run
+
+
+RUN_CARD = "README.md"
+
+
+def write_run_card(out: Path, counts: dict) -> Path:
+    """OUT/README.md: a dataset card whose YAML `configs` name the run's two shard folders, so that
+    `datasets.load_dataset(OUT, "pairs")` (or "scored") reads that folder's shards and nothing else."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(configs=hub_configs({"pairs": "pairs", "scored": "scored"}),
+                           tags=["dpo", "preference", "synthetic", "trl"])
+    body = "\n".join([
+        "# RS-DPO run",
+        "",
+        f"- `pairs`: {counts['pairs']} preference pairs in TRL's format (prompt / chosen / rejected) from "
+        f"{counts['prompts_with_pairs']} prompts; its own card is `pairs/README.md`.",
+        f"- `scored`: one row per prompt with its k responses and their rewards ({counts['rows_out']} "
+        f"prompts, {counts['row_errors']} with an error, kept with its reason).",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'pairs = load_dataset("THIS_FOLDER", "pairs", split="train")   # or "scored"',
+        "# any Parquet reader takes a data/ folder as it is: pandas.read_parquet(\"THIS_FOLDER/pairs/data\")",
+        "```",
+        "",
+        "What made the run (config, models, library versions, counts) is in `manifest.json`.",
+    ])
+    path = out / RUN_CARD
+    with atomic_path(path) as tmp:
+        DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n").save(tmp)
+    return path

@@ -15,6 +15,7 @@ import pyarrow as pa
 from cluster.config import RunConfig
 from common.errors import InputError
 from common.files import atomic_path, clear_temp_files
+from common.shards import DATA, SHARD_SUFFIX, data_dir, list_shards, shard_name
 from generation.schema import PROMPT_ID
 
 
@@ -48,7 +49,7 @@ def plan_shards(prompts: pa.Table, cfg: RunConfig) -> list[tuple[str, pa.Table]]
     shuffled = prompts.take(pa.array(perm, pa.int64()))
     plan, start = [], 0
     for i, size in enumerate(shard_sizes(shuffled.num_rows, cfg.shard_size)):
-        plan.append((f"shard-{i:05d}", shuffled.slice(start, size)))
+        plan.append((shard_name(i), shuffled.slice(start, size)))
         start += size
     return plan
 
@@ -59,6 +60,13 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
     model_hashes = {role: m["sha256"] for role, m in models.items()}
     record = {"fingerprint": cfg.fingerprint(), "models": model_hashes, "shards": plan_ids}
     plan_file = out / "plan.json"
+    old_layout = [p for sub in ("scored", "pairs") for p in (out / sub).glob(f"*{SHARD_SUFFIX}")]
+    if old_layout and not fresh:
+        raise RunRefused(
+            f"{out}: {len(old_layout)} shard(s) lie directly in scored/ or pairs/ (the layout before shards "
+            f"moved to a {DATA}/ subfolder, e.g. {old_layout[0]}). To resume, move them: "
+            f"`for d in scored pairs; do mkdir -p {out}/$d/{DATA} && mv {out}/$d/*{SHARD_SUFFIX} {out}/$d/{DATA}/; done`; "
+            f"or pass --fresh to discard them.")
     if fresh:
         for sub in ("scored", "pairs"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -82,7 +90,7 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
                 f"{out}: the prompt set or its cut into shards changed since the shards were written "
                 f"(different prompts, order, or a version with other shard boundaries). Use a new "
                 f"output_dir or pass --fresh.")
-    elif list((out / "scored").glob("*.parquet")) if (out / "scored").exists() else False:
+    elif (out / "scored").is_dir() and list_shards(out / "scored"):
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
     out.mkdir(parents=True, exist_ok=True)
     clear_temps(out)
@@ -91,6 +99,7 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
 
 
 def clear_temps(out: Path) -> None:
-    """Clear the shard writers' temp files in the run's scored/ and pairs/ folders."""
+    """Clear the writers' temp files in the run's scored/ and pairs/ folders (shards and sidecars)."""
     for folder in (out / "scored", out / "pairs"):
         clear_temp_files(folder)
+        clear_temp_files(data_dir(folder))

@@ -1,7 +1,19 @@
-"""Parquet shards: atomic writes, schema-validated reads.
+"""Parquet shards: the shard folder layout, atomic writes, schema-validated reads.
 
-A shard is written to a temporary name in the same folder and renamed into place, so a reader
-(or a resumed job) never takes a half-written file as complete. Readers validate the schema the
+Every shard folder (a run's scored/ and pairs/, a stage CLI's --output) is laid out as the Hub
+lays out a dataset, so any Parquet reader opens it as it is:
+
+    FOLDER/data/shard-00000.parquet ...   the shards, and nothing else (data_dir, shard_path)
+    FOLDER/manifest.json, README.md, *.png  sidecars, beside data/ (never read as Parquet)
+    FOLDER/data/.shard-00001.parquet.PID.tmp  a shard being written (dot-prefixed: pyarrow,
+                                          pandas and datasets skip it; see common/files.py)
+
+Plain readers take the data folder (`pandas.read_parquet("OUT/pairs/data")`, pyarrow, DuckDB,
+polars); `datasets.load_dataset("OUT/pairs")` takes the folder itself, and a run root's card
+(hub_configs) names each folder as a configuration: `load_dataset("OUT", "pairs")`.
+
+A shard is written to a temporary name in its folder and renamed into place, so a reader (or a
+resumed job) never takes a half-written file as complete. Readers validate the schema the
 producing stage owns and name the file and column when it does not match.
 """
 
@@ -14,6 +26,42 @@ import pyarrow.parquet as pq
 
 from common.errors import InputError, MissingInput
 from common.files import atomic_path
+
+DATA = "data"  # the shards' subfolder of a shard folder
+SHARD_SUFFIX = ".parquet"
+HIDDEN = (".", "_")  # name prefixes pyarrow's dataset discovery skips: temp files and the like
+
+
+def data_dir(folder: str | Path) -> Path:
+    """The subfolder of a shard folder that holds its shards (and only them)."""
+    return Path(folder) / DATA
+
+
+def shard_name(index: int) -> str:
+    """The name (file stem) of the index-th shard of a folder: shard-00000, shard-00001, ..."""
+    return f"shard-{index:05d}"
+
+
+def shard_path(folder: str | Path, name: str) -> Path:
+    """Where shard `name` of a shard folder lives: FOLDER/data/NAME.parquet."""
+    return data_dir(folder) / f"{name}{SHARD_SUFFIX}"
+
+
+def sidecar_dir(source: str | Path) -> Path:
+    """The shard folder a source belongs to, where its manifest.json and card live: the folder
+    itself, or for its data/ subfolder or one shard file, the folder above."""
+    source = Path(source)
+    folder = source.parent if source.is_file() else source
+    return folder.parent if folder.name == DATA and not (folder / DATA).is_dir() else folder
+
+
+def hub_configs(folders: dict[str, str]) -> list[dict]:
+    """The `configs:` list of a dataset card's YAML front matter (the Hub's and `datasets`' format):
+    one configuration per shard folder, {configuration name: folder relative to the card, "." for
+    the card's own folder}, whose train split is every shard under FOLDER/data/."""
+    return [{"config_name": name,
+             "data_files": [{"split": "train", "path": str(Path(rel) / DATA / f"*{SHARD_SUFFIX}")}]}
+            for name, rel in folders.items()]
 
 
 class ShardError(InputError):
@@ -53,13 +101,16 @@ def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> Path:
 
 
 def list_shards(source: str | Path) -> list[Path]:
-    """Complete Parquet shards under a folder (temp files ignored), or the one file given."""
+    """Complete shards of a shard folder (FOLDER/data/*.parquet), of its data/ subfolder or of any
+    folder of Parquet files (what other tools write), or the one file given. Temp files and other
+    names pyarrow skips (dot or underscore first) are never listed."""
     source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise MissingInput(f"{source}: no such shard folder or file")
-    return sorted(p for p in source.glob("*.parquet") if p.is_file())
+    folder = data_dir(source) if data_dir(source).is_dir() else source
+    return sorted(p for p in folder.glob(f"*{SHARD_SUFFIX}") if p.is_file() and not p.name.startswith(HIDDEN))
 
 
 def shard_metadata(path: str | Path) -> dict[bytes, bytes]:

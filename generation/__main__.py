@@ -1,4 +1,4 @@
-"""Run the generation stage alone (no Ray): prompts in, one samples shard out.
+"""Run the generation stage alone (no Ray): prompts in, one samples shard out (OUT/samples/data/).
 
     python -m generation --input builtin:alpaca_eval --output OUT/samples \
         [--config cluster/configs/default.yaml] [k=4 max_tokens=64 prompts.limit=16 ...]
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.cli import exits_2_on_input_error, parse_overrides, stage_parser
 from common.manifest import write_manifest
-from common.shards import write_shard
+from common.shards import shard_name, shard_path, write_shard
 from generation.config import PromptsConfig, SamplerConfig
 from generation.prompts import check_usable, load_prompts
 from generation.quarantine import write_quarantine
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.time()
     samples = sampler(loaded.table)
     t2 = time.time()
-    write_shard(samples, out / "shard-00000.parquet", SAMPLES_SCHEMA)
+    write_shard(samples, shard_path(out, shard_name(0)), SAMPLES_SCHEMA)
     errors = sum(e is not None for e in samples.column(ERROR).to_pylist())
     tokens = sum(sum(t) for t in samples.column(NUM_TOKENS).to_pylist())
     write_manifest(out, {

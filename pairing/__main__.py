@@ -4,7 +4,8 @@
     python -m pairing sweep --input SCORED --output REPORT_DIR [--eta 0.8,0.85,0.9] [--tau 0.8,1.0,1.2] [key=value ...]
     python -m pairing validate DIR
 
-The plain form writes one pairs shard per scored shard (same file stem), manifest.json (resolved
+The plain form writes one pairs shard per scored shard (same file stem, under PAIRS_DIR/data/), and
+beside data/ manifest.json (resolved
 config, raw threshold, inputs, counts, errors, warnings) and README.md (dataset card).
 Bad config or input shards exit 2 with the reason; `validate` exits 1 when it finds a violation.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from common.cli import config_help, exits_2_on_input_error, stage_parser
 from common.errors import MissingInput
 from common.manifest import read_manifest
-from common.shards import list_shards, read_shard
+from common.shards import list_shards, read_shard, shard_path, sidecar_dir
 from pairing import rules
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
@@ -44,7 +45,7 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
     for path in shards:
         result = make_pairs(read_shard(path, SCORED_SCHEMA), config,
                             shuffle_seed=rules.stable_key(config.seed, path.stem))
-        written.append(write_pairs_shard(result, out / f"{path.stem}.parquet"))
+        written.append(write_pairs_shard(result, shard_path(out, path.stem)))
         parts.append(result.stats)
         spreads.append(result.spreads)
     stats = merge_stats(parts)
@@ -54,7 +55,7 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
         print(f"warning: {warning}", file=sys.stderr)
     # What made the scored input: the pipeline's scored manifest holds the whole run config,
     # `python -m rewarding`'s its own section and the models.
-    upstream = read_manifest(Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent) or {}
+    upstream = read_manifest(sidecar_dir(input_path)) or {}
     made = {k: v for k, v in upstream.get("config", {}).items() if k in UPSTREAM_SECTIONS}
     write_pairs_meta(out, config, written, made_by="python -m pairing", inputs=[input_path],
                      models=upstream.get("models", {}), spreads=spread, upstream=made,

@@ -26,7 +26,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from common.files import atomic_path
 from common.manifest import write_manifest
-from common.shards import shard_metadata, write_shard
+from common.shards import DATA, hub_configs, shard_metadata, write_shard
 from generation.schema import PROMPT, PROMPT_ID
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
@@ -176,12 +176,10 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
     }
     write_manifest(out, manifest)
 
-    data_dirs = sorted({os.path.relpath(p.resolve().parent, out.resolve()) for p in shards}) or ["."]
-    data_files = [f"{d}/*.parquet" if d != "." else "*.parquet" for d in data_dirs]
     card_data = DatasetCardData(
         pretty_name="RS-DPO preference pairs", license=config.license, task_categories=["text-generation"],
         tags=TAGS, size_categories=[_size_category(counts["pairs"])],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        configs=hub_configs({"default": "."}),
         dataset_info={"features": _features(PAIRS_SCHEMA),
                       "splits": [{"name": "train", "num_examples": counts["pairs"]}]},
     )
@@ -240,6 +238,7 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
         "from datasets import load_dataset",
         'ds = load_dataset("path/to/this/folder", split="train")   # the `configs` above pick the shards',
         "# TRL's DPOTrainer reads prompt / chosen / rejected as is (conversational format).",
+        f'# any Parquet reader takes the shards as they are: pandas.read_parquet("path/to/this/folder/{DATA}")',
         "```",
     ]
     if len(spreads) and _plot_spreads(out / SPREAD_PLOT, np.asarray(spreads), config):

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.manifest import read_manifest
-from common.shards import ShardError, list_shards, read_shard
+from common.shards import ShardError, list_shards, read_shard, sidecar_dir
 from generation.schema import ERROR, FINISH_REASONS, PROMPT_ID, RESPONSES
 from pairing import rules
 from pairing.config import Strategy
@@ -141,7 +141,7 @@ def validate(source: str | Path) -> tuple[bool, str]:
     else:
         return False, (f"{paths[0]}: schema: neither a pairs nor a scored shard (columns {sorted(names)}); "
                        f"missing pairs columns {sorted(set(PAIRS_SCHEMA.names) - names)}")
-    manifest = read_manifest(source if source.is_dir() else source.parent) or {}
+    manifest = read_manifest(sidecar_dir(source)) or {}
     config = manifest.get("config") or {}
     config = config.get("pairing", config)          # the cluster pipeline nests it under "pairing"
     rule = (float(config["tau"]), float(config["eta"])) if "tau" in config and "eta" in config else None

@@ -1,4 +1,4 @@
-"""Run the rewarding stage alone (no Ray): samples shards in, scored shards out (same names).
+"""Run the rewarding stage alone (no Ray): samples shards in, scored shards out (same names, under OUT/scored/data/).
 
     python -m rewarding --input OUT/samples --output OUT/scored [--config F] [backend=classifier model=DIR ...]
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from common.cli import exits_2_on_input_error, stage_parser
 from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards, read_shard, write_shard
+from common.shards import list_shards, read_shard, shard_path, sidecar_dir, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
 from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in shards:
         samples = read_shard(path, SAMPLES_SCHEMA)
         scored = scorer(samples)
-        write_shard(scored, out / path.name, SCORED_SCHEMA)
+        write_shard(scored, shard_path(out, path.stem), SCORED_SCHEMA)
         rows += scored.num_rows
         errors += sum(e is not None for e in scored.column(ERROR).to_pylist())
         responses += sum(len(r) for r in scored.column(RESPONSES).to_pylist())
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings = [w] if (w := truncation_warning(truncated, responses, cfg.max_length)) else []
     for w in warnings:
         print(f"[rewarding] WARNING: {w}", file=sys.stderr)
-    upstream = read_manifest(args.input) if Path(args.input).is_dir() else None
+    upstream = read_manifest(sidecar_dir(args.input))
     write_manifest(out, {
         "stage": "rewarding", "config": {"rewarding": cfg.model_dump(mode="json")},
         "inputs": [str(p) for p in shards],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from common.shards import write_shard
+from common.shards import shard_path, write_shard
 from pairing.schema import PAIRS_SCHEMA
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,6 +51,7 @@ def make_pairs(n: int, seed: int = 0, strategy: str = "rs-dpo") -> pa.Table:
 def pairs_dir(tmp_path_factory) -> Path:
     """Two shards, 48 pairs in all (as the pairing stage writes them)."""
     out = tmp_path_factory.mktemp("pairs")
-    write_shard(make_pairs(32, seed=0), out / "part-00000.parquet", PAIRS_SCHEMA)
-    write_shard(make_pairs(16, seed=1, strategy="best-worst"), out / "part-00001.parquet", PAIRS_SCHEMA)
+    write_shard(make_pairs(32, seed=0), shard_path(out, "part-00000"), PAIRS_SCHEMA)
+    write_shard(make_pairs(16, seed=1, strategy="best-worst"), shard_path(out, "part-00001"), PAIRS_SCHEMA)
+    (out / "manifest.json").write_text("{}")  # a sidecar beside data/, never read as a shard
     return out

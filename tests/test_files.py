@@ -12,6 +12,7 @@ def test_atomic_path_renames_into_place_when_the_block_ends(tmp_path):
     target.write_text("old")
     with atomic_path(target) as tmp:
         assert tmp.parent == tmp_path and tmp.name.endswith(TMP_SUFFIX) and str(os.getpid()) in tmp.name
+        assert tmp.name.startswith(".")  # directory readers (pyarrow, pandas, datasets) skip it
         tmp.write_text("new")
         assert target.read_text() == "old"  # readers see the old file until the rename
     assert target.read_text() == "new"
@@ -45,6 +46,6 @@ def test_an_interrupted_manifest_write_leaves_the_previous_manifest(tmp_path, mo
 
 def test_clear_temp_files_removes_only_temps(tmp_path):
     (tmp_path / "shard-00000.parquet").write_bytes(b"done")
-    (tmp_path / f"shard-00001.parquet.123{TMP_SUFFIX}").write_bytes(b"partial")
+    (tmp_path / f".shard-00001.parquet.123{TMP_SUFFIX}").write_bytes(b"partial")
     clear_temp_files(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.parquet"]

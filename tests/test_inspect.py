@@ -6,7 +6,7 @@ import json
 
 from cluster.inspect_run import inspect_run, main
 from common.manifest import write_manifest
-from common.shards import write_shard
+from common.shards import shard_path, write_shard
 from generation import schema as g
 from generation.quarantine import write_quarantine
 from pairing.__main__ import run as pair_folder
@@ -32,10 +32,10 @@ def _run_folder(tmp_path, manifest_tau=TAU):
 
     out = tmp_path / "run"
     write_shard(pa.Table.from_pylist([_row("p0", [0.0, 0.5, 0.48], [5, 9, 9]), _row("p1", [1.0, 1.0, 0.0], [4, 4, 8])],
-                                     schema=rs.SCORED_SCHEMA), out / "scored" / "shard-00000.parquet", rs.SCORED_SCHEMA)
+                                     schema=rs.SCORED_SCHEMA), shard_path(out / "scored", "shard-00000"), rs.SCORED_SCHEMA)
     write_shard(pa.Table.from_pylist([_row("p2", [0.1, 0.1, 0.1], [3, 3, 3]),
                                       _row("p3", [], [], error="prompt_too_long: 3000 tokens > 512")],
-                                     schema=rs.SCORED_SCHEMA), out / "scored" / "shard-00001.parquet", rs.SCORED_SCHEMA)
+                                     schema=rs.SCORED_SCHEMA), shard_path(out / "scored", "shard-00001"), rs.SCORED_SCHEMA)
     config = PairingConfig(tau=TAU, eta=ETA)
     pair_folder(str(out / "scored"), str(out / "pairs"), config)
     write_quarantine(out, [{"source": "p.jsonl", "line": 4, "field": None, "reason": "line 4: malformed JSON"}])

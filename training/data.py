@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from common.errors import MissingInput
-from common.files import TMP_SUFFIX, atomic_path
-from common.shards import ShardError, conform
+from common.files import atomic_path
+from common.shards import DATA, HIDDEN, SHARD_SUFFIX, ShardError, conform
 from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
 
 
@@ -49,9 +49,11 @@ def read_pairs(source: str) -> tuple[pa.Table, str]:
     if info.type == pafs.FileType.File:
         files = [path]
     else:
+        if fs.get_file_info(f"{path}/{DATA}").type == pafs.FileType.Directory:
+            path = f"{path}/{DATA}"  # a shard folder: its shards lie under data/ (common/shards.py)
         files = sorted(
             f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=False))
-            if f.type == pafs.FileType.File and f.path.endswith(".parquet") and not f.path.endswith(TMP_SUFFIX)
+            if f.type == pafs.FileType.File and f.path.endswith(SHARD_SUFFIX) and not f.base_name.startswith(HIDDEN)
         )
     if not files:
         raise MissingInput(f"{source}: no *.parquet pairs shards (run the pairing stage first)")

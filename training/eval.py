@@ -21,7 +21,8 @@ much as improvement. REPORT_DIR receives
                        lc_win_rate) with a bootstrap interval, the decisive-only win rate with a Wilson
                        interval, mean rewards and the mean change; `warnings`
     rewards.png        reward distributions, one row per scorer, one panel per prompt set
-    scores-SCORER-{sft,policy}.parquet   the scored samples (rewarding/schema.py SCORED_SCHEMA)
+    scores-SCORER-{sft,policy}/   the scored samples, shard folders (data/shard-00000.parquet,
+                                  rewarding/schema.py SCORED_SCHEMA)
     manifest.json
 """
 
@@ -43,7 +44,7 @@ import pyarrow as pa
 from common.assets import model_identity, resolve_model
 from common.cli import config_help, exits_2_on_input_error
 from common.manifest import read_manifest, write_manifest
-from common.shards import write_shard
+from common.shards import shard_name, shard_path, write_shard
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, SOURCE
 from rewarding.config import ScorerConfig
 from rewarding.judge import heldout_pairs, pair_accuracy
@@ -247,7 +248,7 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     for name, tables in scored.items():
         for m, table in tables.items():
-            write_shard(table, out / f"scores-{name}-{m}.parquet", SCORED_SCHEMA)
+            write_shard(table, shard_path(out / f"scores-{name}-{m}", shard_name(0)), SCORED_SCHEMA)
     plot(scored, set_of, out / "rewards.png")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(out, {

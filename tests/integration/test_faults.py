@@ -52,7 +52,7 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 300) -> list
 
 
 def _ids(out: Path) -> list[str]:
-    return [pid for p in sorted((out / "scored").glob("*.parquet")) for pid in pq.read_table(p)["prompt_id"].to_pylist()]
+    return [pid for p in sorted((out / "scored" / "data").glob("*.parquet")) for pid in pq.read_table(p)["prompt_id"].to_pylist()]
 
 
 def _kill_group_leftovers(proc: subprocess.Popen) -> None:
@@ -69,7 +69,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_policy)
         # Kill as soon as the first shard is on disk: the driver's "committed" line lags the
         # writers, and with shards in flight a small job can finish before it is printed.
         t0 = time.time()
-        while not list((out / "scored").glob("*.parquet")):
+        while not list((out / "scored" / "data").glob("*.parquet")):
             assert proc.poll() is None and time.time() - t0 < 300, "no shard committed"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)  # the driver, from outside, mid-run
@@ -88,8 +88,8 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_policy)
     ids = _ids(out)
     assert sorted(ids) == [f"s{i:02d}" for i in range(N_PROMPTS)]
     assert not list(out.rglob("*.tmp"))
-    pair_files = sorted(p.name for p in (out / "pairs").glob("*.parquet"))
-    assert pair_files == sorted(p.name for p in (out / "scored").glob("*.parquet"))
+    pair_files = sorted(p.name for p in (out / "pairs" / "data").glob("*.parquet"))
+    assert pair_files == sorted(p.name for p in (out / "scored" / "data").glob("*.parquet"))
     assert json.loads((out / "manifest.json").read_text())["counts"]["balanced"]
 
 
@@ -131,7 +131,7 @@ def test_error_rate_limit_stops_the_job_and_keeps_committed_shards(tmp_path, tin
     kept = _ids(out)
     assert kept and len(kept) == len(set(kept)) and set(kept) <= {f"l{i}" for i in range(8)}
     assert not list(out.rglob("*.tmp"))
-    errors = [e for p in (out / "scored").glob("*.parquet") for e in pq.read_table(p)["error"].to_pylist()]
+    errors = [e for p in (out / "scored" / "data").glob("*.parquet") for e in pq.read_table(p)["error"].to_pylist()]
     assert all(e.startswith("prompt_too_long") for e in errors)
 
 

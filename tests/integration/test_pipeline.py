@@ -3,6 +3,7 @@ random Llama, real MiniLM scoring, real Parquet; then the contracts consumers re
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_manifest_counts_add_up(pipeline_run):
 def test_scored_shards_hold_every_prompt_once(pipeline_run):
     out, _ = pipeline_run
     ids = []
-    for p in sorted((out / "scored").glob("*.parquet")):
+    for p in sorted((out / "scored" / "data").glob("*.parquet")):
         t = pq.read_table(p)
         ids += t.column("prompt_id").to_pylist()
         for row in t.to_pylist():
@@ -81,7 +82,7 @@ def test_every_pair_satisfies_algorithm_1_and_loads_with_datasets(pipeline_run):
     import datasets
 
     out, _ = pipeline_run
-    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train")
+    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "data" / "*.parquet"), split="train")
     assert len(ds) > 0
     for row in ds:
         gap = row["chosen_reward"] - row["rejected_reward"]
@@ -90,14 +91,61 @@ def test_every_pair_satisfies_algorithm_1_and_loads_with_datasets(pipeline_run):
         assert row["chosen"][0]["role"] == "assistant" and row["chosen"] != row["rejected"]
 
 
+@pytest.mark.parametrize("folder", ["pairs", "scored"])
+def test_every_reader_opens_a_shard_folder_as_it_is(pipeline_run, folder, tmp_path):
+    """The consumers' readers, each on the folder as the job left it (sidecars beside data/), each
+    returning every row the manifest counts; a writer's dot-prefixed temp file does not break them."""
+    import datasets
+    import duckdb
+    import pandas
+    import polars
+    import pyarrow.dataset
+
+    out, _ = pipeline_run
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    want = c["pairs"] if folder == "pairs" else c["rows_out"] + c["row_errors"]
+    assert want > 0 and {"manifest.json", "data"} <= {p.name for p in (out / folder).iterdir()}
+    data = out / folder / "data"
+
+    def load(*args, **kw):
+        return datasets.load_dataset(*args, split="train", cache_dir=str(tmp_path / "hf"), **kw).num_rows
+
+    rows = {
+        "pandas": len(pandas.read_parquet(data)),
+        "pyarrow.parquet": pq.read_table(data).num_rows,
+        "pyarrow.dataset": pyarrow.dataset.dataset(data).count_rows(),
+        "duckdb": duckdb.sql(f"select count(*) from read_parquet('{data}')").fetchall()[0][0],
+        "duckdb (folder)": duckdb.sql(f"select count(*) from read_parquet('{out / folder}')").fetchall()[0][0],
+        "polars": polars.read_parquet(data).height,
+        "load_dataset(folder)": load(str(out / folder)),
+        "load_dataset(parquet, data_dir)": load("parquet", data_dir=str(data)),
+        "load_dataset(run, config)": load(str(out), folder),
+    }
+    assert rows == dict.fromkeys(rows, want), rows
+    copy = tmp_path / "copy"
+    shutil.copytree(out / folder, copy)
+    (copy / "data" / ".shard-00099.parquet.123.tmp").write_bytes(b"PAR1 half a shard")
+    assert len(pandas.read_parquet(copy / "data")) == pq.read_table(copy / "data").num_rows == want
+    assert load("parquet", data_dir=str(copy / "data")) == load(str(copy)) == want
+
+
+def test_the_run_card_names_both_folders_with_relative_paths(pipeline_run):
+    out, _ = pipeline_run
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert front["configs"] == [
+        {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/data/*.parquet"}]}
+        for name in ("pairs", "scored")]
+    assert str(out) not in (out / "README.md").read_text()
+
+
 def test_rerun_resumes_and_changed_config_is_refused(run_config, pipeline_run):
     path, cfg = run_config
     out, _ = pipeline_run
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "scored").glob("*.parquet")}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "scored" / "data").glob("*.parquet")}
     res = _run(["-m", "cluster.run", "--config", str(path)])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "3 already committed, 0 to run" in res.stdout
-    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "scored").glob("*.parquet")}
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "scored" / "data").glob("*.parquet")}
     res = _run(["-m", "cluster.run", "--config", str(path), "generation.k=3"])
     assert res.returncode == 2 and "different configuration" in res.stderr
 
@@ -110,9 +158,9 @@ def test_samples_do_not_depend_on_sharding_or_engine(run_config, pipeline_run, t
     res = _run(["-m", "generation", "--input", cfg["prompts"]["source"], "--output", str(tmp_path / "g"),
                 "--config", str(path), "seed=3"])
     assert res.returncode == 0, res.stderr[-3000:]
-    alone = {r["prompt_id"]: r["responses"] for r in pq.read_table(tmp_path / "g" / "shard-00000.parquet").to_pylist()}
+    alone = {r["prompt_id"]: r["responses"] for r in pq.read_table(tmp_path / "g" / "data" / "shard-00000.parquet").to_pylist()}
     piped = {}
-    for p in (out / "scored").glob("*.parquet"):
+    for p in (out / "scored" / "data").glob("*.parquet"):
         piped |= {r["prompt_id"]: r["responses"] for r in pq.read_table(p).to_pylist()}
     assert alone == piped
 
@@ -123,7 +171,7 @@ def test_trl_dpo_trainer_accepts_pairs_without_conversion(pipeline_run, tiny_pol
     from trl import DPOConfig, DPOTrainer
 
     out, _ = pipeline_run
-    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train")
+    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "data" / "*.parquet"), split="train")
     model = AutoModelForCausalLM.from_pretrained(tiny_policy)
     tok = AutoTokenizer.from_pretrained(tiny_policy)
     args = DPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to=[],

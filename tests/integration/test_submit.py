@@ -259,8 +259,8 @@ def test_progress_lines_stream_while_the_job_runs(submitted):
 
 def test_shards_and_manifest_of_the_submitted_job(submitted, head):
     out = submitted["out"]
-    scored = sorted((out / "scored").glob("*.parquet"))
-    pairs = sorted((out / "pairs").glob("*.parquet"))
+    scored = sorted((out / "scored" / "data").glob("*.parquet"))
+    pairs = sorted((out / "pairs" / "data").glob("*.parquet"))
     assert [p.name for p in scored] == [p.name for p in pairs] == ["shard-00000.parquet", "shard-00001.parquet"]
     ids = [i for p in scored for i in pq.read_table(p, columns=["prompt_id"]).column(0).to_pylist()]
     assert sorted(ids) == [f"s{i:02d}" for i in range(N_PROMPTS)]

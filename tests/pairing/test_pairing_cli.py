@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.manifest import read_manifest, write_manifest
-from common.shards import read_shards, write_shard
+from common.shards import read_shards, shard_path, write_shard
 from pairing.__main__ import main
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
@@ -27,11 +27,11 @@ def scored_folder(tmp_path: Path, build, scale: float = 1.0, nan_error: str | No
     """Two shards (stems 00000, 00003), 52 prompts, two bad rows, and an upstream manifest. The NaN row has
     no error unless `nan_error` is given: make_pairs must catch it; `validate` reports it as a violation."""
     d = tmp_path / "scored"
-    write_shard(build.random(30, 6, seed=10, scale=scale, prefix="a"), d / "shard-00000.parquet", SCORED_SCHEMA)
+    write_shard(build.random(30, 6, seed=10, scale=scale, prefix="a"), shard_path(d, "shard-00000"), SCORED_SCHEMA)
     bad = build.table([build.row("b-err", [], texts=[], error="sampling: timeout"),
                        build.row("b-nan", [0.0, float("nan")], error=nan_error)])
     write_shard(pa.concat_tables([build.random(20, 6, seed=11, scale=scale, prefix="b"), bad]),
-                d / "shard-00003.parquet", SCORED_SCHEMA)
+                shard_path(d, "shard-00003"), SCORED_SCHEMA)
     write_manifest(d, {"stage": "scored", "models": {"policy": {"path": "tiny-policy", "sha256": "abc"},
                                                       "reward": {"path": "tiny-rm", "sha256": "def"}}})
     return d
@@ -44,7 +44,8 @@ def test_cli_subprocess_writes_shards_manifest_and_card(tmp_path, build):
                            "tau=0.5", "eta=0.9"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "52 prompts ->" in proc.stdout and "2 errored" in proc.stdout
-    assert sorted(p.name for p in out.glob("*.parquet")) == ["shard-00000.parquet", "shard-00003.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["shard-00000.parquet", "shard-00003.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "manifest.json", "reward_spread.png"]
     pairs = read_shards(out, PAIRS_SCHEMA)
     manifest = read_manifest(out)
     assert manifest["config"]["pairing"]["tau"] == 0.5 and manifest["config"]["pairing"]["eta"] == 0.9
@@ -55,7 +56,7 @@ def test_cli_subprocess_writes_shards_manifest_and_card(tmp_path, build):
     assert {e["prompt_id"] for e in manifest["errors"]} == {"b-err", "b-nan"}
     card = (out / "README.md").read_text()
     for needle in ("rs-dpo", "eta = 0.9", "tau = 0.5", "tiny-rm", "load_dataset(", "Made by `python -m pairing`",
-                   "| `chosen_index` |", "reward_spread.png"):
+                   'read_parquet("path/to/this/folder/data")', "| `chosen_index` |", "reward_spread.png"):
         assert needle in card, needle
     assert (out / "reward_spread.png").stat().st_size > 0
     # the same shard pairs identically in-process with the stem-derived shuffle seed
@@ -94,7 +95,7 @@ def _break(tmp_path, build, capsys, kind: str) -> str:
     scored = scored_folder(tmp_path, build, nan_error="scoring: non-finite reward")
     out = tmp_path / "p"
     assert main(["--input", str(scored), "--output", str(out), "tau=0.4"]) == 0
-    target = out / "shard-00003.parquet"
+    target = shard_path(out, "shard-00003")
     match kind:
         case "identical-texts":
             t = pq.read_table(target)
@@ -108,10 +109,10 @@ def _break(tmp_path, build, capsys, kind: str) -> str:
             m["config"]["pairing"]["eta"] = 0.99
             (out / "manifest.json").write_text(json.dumps(m))
         case "duplicate-prompt-id" | "stats-mismatch":
-            target = scored / "shard-00003.parquet"
+            target = shard_path(scored, "shard-00003")
             t = pq.read_table(target)
             if kind == "duplicate-prompt-id":
-                t = pa.concat_tables([t, pq.read_table(scored / "shard-00000.parquet").slice(2, 1)])
+                t = pa.concat_tables([t, pq.read_table(shard_path(scored, "shard-00000")).slice(2, 1)])
             else:
                 t = t.set_column(t.schema.get_field_index(REWARD_MEAN), REWARD_MEAN,
                                  pa.array([99.0] * t.num_rows))

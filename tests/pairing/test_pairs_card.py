@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import DatasetCard
 
 from common.manifest import read_manifest, write_manifest
-from common.shards import read_shard, write_shard
+from common.shards import read_shard, shard_path, write_shard
 from pairing.__main__ import run as pair_folder
 from pairing.card import CARD, COUNT_LABELS, read_pairs_stats, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
@@ -24,10 +24,10 @@ ABSOLUTE = re.compile(r"(?<![\w.\-~])/[\w.\-]+/")
 
 def _scored(tmp_path, build):
     d = tmp_path / "run" / "scored"
-    write_shard(build.random(30, 6, seed=1, prefix="a"), d / "shard-00000.parquet", SCORED_SCHEMA)
+    write_shard(build.random(30, 6, seed=1, prefix="a"), shard_path(d, "shard-00000"), SCORED_SCHEMA)
     write_shard(pa.concat_tables([build.random(10, 6, seed=2, prefix="b"),
                                   build.table([build.row("b-err", [], texts=[], error="sampling: timeout")])]),
-                d / "shard-00001.parquet", SCORED_SCHEMA)
+                shard_path(d, "shard-00001"), SCORED_SCHEMA)
     policy, reward = tmp_path / "models" / "policy-sft", tmp_path / "models" / "rm"
     write_manifest(d, {"stage": "scored", "config": {
         "prompts": {"source": str(tmp_path / "prompts.jsonl"), "split": "train", "subsets": None, "limit": None},
@@ -49,7 +49,7 @@ def test_card_front_matter_is_hub_ready_and_holds_no_absolute_path(tmp_path, bui
     assert {"dpo", "preference", "synthetic", "trl"} <= set(data["tags"])
     assert data["task_categories"] == ["text-generation"] and data["size_categories"] == ["n<1K"]
     [config] = data["configs"]
-    assert config["data_files"] == [{"split": "train", "path": ["*.parquet"]}]
+    assert config["data_files"] == [{"split": "train", "path": "data/*.parquet"}]
     import datasets
 
     assert data["dataset_info"]["features"] == datasets.Features.from_arrow_schema(PAIRS_SCHEMA)._to_yaml_list()
@@ -84,8 +84,8 @@ def test_both_callers_write_the_same_counts(tmp_path, build):
     out = tmp_path / "pipe"
     shards, spread = [], []
     for i, name in enumerate(("shard-00000", "shard-00001")):
-        result = make_pairs(read_shard(scored / f"{name}.parquet", SCORED_SCHEMA), config, shuffle_seed=i)
-        shards.append(write_pairs_shard(result, out / f"{name}.parquet"))
+        result = make_pairs(read_shard(shard_path(scored, name), SCORED_SCHEMA), config, shuffle_seed=i)
+        shards.append(write_pairs_shard(result, shard_path(out, name)))
         spread.append(result.spreads)
     manifest = write_pairs_meta(out, config, shards, made_by="rsdpo run", inputs=[scored], models={},
                                 spreads=np.concatenate(spread))

@@ -112,8 +112,8 @@ def test_report_counts_wins_ties_and_errors_per_scorer(tmp_path, tiny_policy, ti
     out = tmp_path / "report"
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert (out / "rewards.png").stat().st_size > 1000
-    assert {"scores-reward-sft.parquet", "scores-the-judge-policy.parquet", "manifest.json"} <= \
-        {p.name for p in out.iterdir()}
+    assert {"scores-reward-sft", "scores-the-judge-policy", "manifest.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "scores-reward-sft" / "data" / "shard-00000.parquet").is_file()
 
 
 def test_only_the_training_reward_warns(tmp_path, tiny_policy, tiny_reward_model):
