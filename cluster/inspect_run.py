@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common.logs import add_log_level, setup_logging
 from common.manifest import read_manifest
 from common.shards import list_shards, read_shard
 from generation.quarantine import read_quarantine
@@ -243,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", help="run folder (output_dir of `rsdpo run`)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
+    add_log_level(ap)
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     try:
         report = inspect_run(args.dir)
     except FileNotFoundError as e:

@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,11 @@ from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS
 from rewarding.scorer import truncation_warning
 
 log = logging.getLogger("rsdpo")
+# Ray 2.60 deprecates map_batches' **ray_remote_args but gives actor restarts and task retries no
+# named parameter (its actor pool reads max_restarts / max_task_retries from them): they stay the only
+# way to bound a crashing actor's retries below, so that warning, raised at this module's calls, is known.
+warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning,
+                        module=__name__)
 
 
 class ErrorRateExceeded(RuntimeError):

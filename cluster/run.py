@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 from cluster.config import RunConfig
 from common.cli import ConfigError, config_help, load_config
+from common.logs import add_log_level, setup_logging
 
 
 def submitted_job() -> bool:
@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="run config YAML (cluster/configs/*.yaml)")
     ap.add_argument("--fresh", action="store_true", help="discard shards of an earlier, different run in output_dir")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")
+    add_log_level(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     try:
         cfg = load_config(RunConfig, args.config, args.overrides)

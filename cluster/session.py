@@ -13,8 +13,15 @@ import ray
 REPO = Path(__file__).resolve().parents[1]
 
 # Workers never reach for a hub; vLLM's per-request INFO lines would drown the job's progress.
+# Ray Train 2.60 replaces `print` in its workers with a logger call at INFO that also writes to
+# whatever sys.stdout is at the time; dill (under `datasets`' map fingerprints) captures the output
+# of `dis.dis` by swapping sys.stdout, so every function it hashes had its disassembly logged.
+# Workers keep the builtin print (their stdout still reaches the driver).
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-              "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+              "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+              "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# The Ray Train PlacementGroupCleaner's logger, in its own detached actor.
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
 def scorer_env(scorer_num_cpus: float) -> dict[str, str]:
@@ -38,5 +45,19 @@ def connect(num_cpus: int | None = None) -> str:
     # Workers of a local cluster import this repo's packages (actors, Ray Train workers).
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": WORKER_ENV | {"PYTHONPATH": path}})
+             runtime_env={"env_vars": WORKER_ENV | {"PYTHONPATH": path},
+                          "worker_process_setup_hook": "cluster.session.quiet_local_worker"})
     return "local"
+
+
+def quiet_local_worker() -> None:
+    """Run by Ray at the start of every worker process of a local session (worker_process_setup_hook).
+
+    A local session runs without Ray's dashboard, so the State API that Ray Train's
+    PlacementGroupCleaner polls every second to see whether its controller still lives is not there:
+    each poll logged "Failed to query Ray Train Controller actor state", once a second for the whole
+    training. Without the State API the cleaner can never see its controller die, so nothing it
+    could say is lost here; on a real cluster (RAY_ADDRESS, a dashboard) it keeps its warnings."""
+    import logging
+
+    logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)

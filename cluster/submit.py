@@ -15,13 +15,16 @@ the jobs CLI sends it only when told to.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 
 from cluster.config import RunConfig
+from cluster.session import WORKER_ENV
 from common.cli import ConfigError, config_help, load_config
+from common.logs import add_log_level, setup_logging
 
 ENTRYPOINT = ["python", "-m", "cluster.run"]
 
@@ -35,6 +38,7 @@ def submit_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--submission-id", args.submission_id]
     if args.no_wait:
         argv.append("--no-wait")
+    argv += ["--runtime-env-json", json.dumps({"env_vars": WORKER_ENV})]   # what local sessions give workers
     job = [*ENTRYPOINT, *(["--config", args.config] if args.config else []), *args.overrides]
     return [*argv, "--", *job]
 
@@ -49,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-wait", action="store_true", help="return once submitted instead of following the log")
     ap.add_argument("--config", help="run config YAML, as the cluster sees the path")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")
+    add_log_level(ap)
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     # The file is validated when this machine can read it (in the working dir, or the same path);
     # a path that exists only on the cluster is validated by the job itself.
     local = os.path.join(args.working_dir or "", args.config) if args.config else None

@@ -27,6 +27,7 @@ import ray
 from cluster.config import stage_config
 from cluster.session import connect
 from common.cli import exits_2_on_input_error, stage_parser
+from common.logs import setup_logging
 from common.manifest import read_manifest
 from training.config import TrainingConfig
 
@@ -77,6 +78,7 @@ def train_on_ray(config: TrainingConfig, pairs_dir: str | Path, output_dir: str 
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = stage_config("training", args.config, args.overrides)
     manifest = train_on_ray(config, args.input, args.output)

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from common.errors import InputError, MissingInput
+from common.logs import add_log_level
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -210,4 +211,5 @@ def stage_parser(description: str, sections: dict[str, type[BaseModel]]) -> argp
     ap.add_argument("--output", required=True, help="output shard folder")
     ap.add_argument("--config", help="YAML config (a run config's stage section is picked up too)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting")
+    add_log_level(ap)
     return ap

@@ -15,8 +15,11 @@ stage above it, which an import statement here would invert.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import NamedTuple
+
+from common.logs import ENV, LEVELS
 
 
 class Command(NamedTuple):
@@ -42,17 +45,24 @@ COMMANDS: dict[str, Command] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: rsdpo COMMAND [options] [key=value ...]", "",
+    lines = ["usage: rsdpo [--log-level LEVEL] COMMAND [options] [key=value ...]", "",
              "RS-DPO data engine: vLLM sampling, reward scoring, Algorithm 1 pairing, DPO training.", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
     lines += ["", "`rsdpo COMMAND --help` lists the command's options and every config key it takes "
-              "(type, default, meaning)."]
+              "(type, default, meaning).",
+              f"--log-level {{{','.join(LEVELS)}}} (default ${ENV}, else info) applies to every command."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--log-level"]:
+        if len(argv) < 2 or argv[1] not in LEVELS:
+            print(f"rsdpo: --log-level takes one of {', '.join(LEVELS)}", file=sys.stderr)
+            return 2
+        os.environ[ENV] = argv[1]           # every entry point's --log-level defaults to it
+        argv = argv[2:]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

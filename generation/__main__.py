@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from common.cli import exits_2_on_input_error, parse_overrides, stage_parser
+from common.logs import progress_bar, setup_logging
 from common.manifest import write_manifest
 from common.shards import shard_name, shard_path, write_shard
 from generation.config import PromptsConfig, SamplerConfig
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)
 
     args = stage_parser(__doc__, {"": SamplerConfig, "prompts.": PromptsConfig}).parse_args(argv)
+    setup_logging(args.log_level)
     overrides = parse_overrides(args.overrides)
     prompt_over = overrides.pop("prompts", {}) | {"source": args.input}
     pcfg = stage_config("prompts", args.config, prompt_over)
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine
     t1 = time.time()
-    samples = sampler(loaded.table)
+    with progress_bar(loaded.table.num_rows, "generate") as bar:
+        samples = sampler(loaded.table, progress=bar.update)
     t2 = time.time()
     write_shard(samples, shard_path(out, shard_name(0)), SAMPLES_SCHEMA)
     errors = sum(e is not None for e in samples.column(ERROR).to_pylist())

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -78,8 +79,9 @@ class EngineFailed(RuntimeError):
 class _Call:
     """One caller's requests, waiting on the engine loop."""
 
-    def __init__(self, prompts: list, params: list):
+    def __init__(self, prompts: list, params: list, on_done: Callable[[int], None] | None = None):
         self.prompts, self.params = prompts, params
+        self.on_done = on_done  # called on the engine thread with 1 as each request finishes (progress bars)
         self.results: list = [None] * len(prompts)  # RequestOutput, or the Exception that request raised
         self.pending = 0
         self.error: BaseException | None = None
@@ -107,10 +109,10 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
         self._thread.start()
 
-    def run(self, prompts: list, params: list) -> list:
+    def run(self, prompts: list, params: list, on_done: Callable[[int], None] | None = None) -> list:
         if not prompts:
             return []
-        call = _Call(prompts, params)
+        call = _Call(prompts, params, on_done)
         with self._cond:
             if self._failed is not None:
                 raise EngineFailed(f"vLLM engine failed earlier: {self._failed!r}") from self._failed
@@ -139,6 +141,8 @@ class EngineLoop:
                 self.engine.add_request(rid, prompt, sp)
             except (ValueError, TypeError) as e:  # this request is invalid: its row errors, the rest run
                 call.results[j] = e
+                if call.on_done is not None:
+                    call.on_done(1)
                 continue
             owner[rid] = (call, j)
             call.pending += 1
@@ -173,6 +177,8 @@ class EngineLoop:
                         call, j = owner.pop(out.request_id)
                         call.results[j] = out
                         call.pending -= 1
+                        if call.on_done is not None:
+                            call.on_done(1)
                         if call.pending == 0:
                             call.done.set()
                 steps_since_admit += 1
@@ -241,7 +247,9 @@ class Sampler:
             max_tokens=min(c.max_tokens, self.max_model_len - prompt_len),
         )
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table, progress: Callable[[int], None] | None = None) -> pa.Table:
+        """Sample k responses for every prompt row. `progress(n)` (e.g. a tqdm bar's update) hears
+        of every row as it is done: rows that error before sampling at once, the rest as they finish."""
         from vllm.inputs import TokensPrompt
 
         batch = conform(batch, PROMPTS_SCHEMA, "sampler input")
@@ -272,7 +280,9 @@ class Sampler:
         params = [self._params(ids[i], len(t)) for i, t in requests]
         # A request the engine rejects comes back as its exception (that row errors, the rest run);
         # EngineFailed (the engine itself died) propagates.
-        results = self.loop.run(prompts, params)
+        if progress is not None and n > len(requests):
+            progress(n - len(requests))
+        results = self.loop.run(prompts, params, on_done=progress)
         for (i, _), res in zip(requests, results, strict=True):
             if isinstance(res, Exception):
                 out[ERROR][i] = f"generate: {type(res).__name__}: {res}"

@@ -20,6 +20,7 @@ import numpy as np
 
 from common.cli import config_help, exits_2_on_input_error, stage_parser
 from common.errors import MissingInput
+from common.logs import add_log_level, setup_logging
 from common.manifest import read_manifest
 from common.shards import list_shards, read_shard, shard_path, sidecar_dir
 from pairing import rules
@@ -79,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--tau", default="0.8,1.0,1.2", help="comma-separated tau values")
     sweep.add_argument("--config", help="YAML config (its pairing section) for the other options")
     sweep.add_argument("overrides", nargs="*", help="key=value overrides (dedup_responses=false, ...)")
+    add_log_level(sweep)
     validate = sub.add_parser("validate", help="check a scored or pairs folder's schema and invariants")
     validate.add_argument("dir", help="shard folder (or one shard file)")
+    add_log_level(validate)
     return ap
 
 
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["run", *argv]                       # keep `python -m pairing --input ... --output ...`
     args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
     match args.command:
         case "run":
             config = stage_config("pairing", args.config, args.overrides)

@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from common.cli import exits_2_on_input_error, stage_parser
+from common.logs import map_in_steps, progress_bar, setup_logging
 from common.manifest import read_manifest, write_manifest
 from common.shards import list_shards, read_shard, shard_path, sidecar_dir, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)
 
     args = stage_parser(__doc__, {"": ScorerConfig}).parse_args(argv)
+    setup_logging(args.log_level)
     cfg = stage_config("rewarding", args.config, args.overrides)
     shards = list_shards(args.input)
     from common.assets import model_identity
@@ -29,14 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     scorer = Scorer(cfg)
     rows = errors = responses = truncated = 0
     t0 = time.time()
+    bar = progress_bar(sum(pq.read_metadata(p).num_rows for p in shards), "score")
     for path in shards:
         samples = read_shard(path, SAMPLES_SCHEMA)
-        scored = scorer(samples)
+        scored = map_in_steps(scorer, samples, bar)
         write_shard(scored, shard_path(out, path.stem), SCORED_SCHEMA)
         rows += scored.num_rows
         errors += sum(e is not None for e in scored.column(ERROR).to_pylist())
         responses += sum(len(r) for r in scored.column(RESPONSES).to_pylist())
         truncated += sum(scored.column(REWARD_TRUNCATED).to_pylist())
+    bar.close()
     dt = time.time() - t0
     warnings = [w] if (w := truncation_warning(truncated, responses, cfg.max_length)) else []
     for w in warnings:

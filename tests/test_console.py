@@ -1,8 +1,10 @@
 """`rsdpo`: dispatch to the stages' entry points, and `rsdpo submit`'s command line and up-front check."""
 
 import argparse
+import json
 import sys
 
+from cluster.session import WORKER_ENV
 from cluster.submit import main as submit_main
 from cluster.submit import submit_argv
 from common.console import main
@@ -25,8 +27,9 @@ def test_submit_runs_cluster_run_through_ray_job_submit():
     argv = submit_argv(args)
     assert argv[:3] == [sys.executable, "-m", "ray.scripts.scripts"]
     sep = argv.index("--")
-    assert argv[3:sep] == ["job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
-                           "--submission-id", "job-1", "--no-wait"]
+    assert argv[3:sep - 1] == ["job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".",
+                                 "--submission-id", "job-1", "--no-wait", "--runtime-env-json"]
+    assert json.loads(argv[sep - 1]) == {"env_vars": WORKER_ENV}
     assert argv[sep + 1:] == ["python", "-m", "cluster.run", "--config", "cluster/configs/cpu-tiny.yaml",
                               "generation.k=4"]
 

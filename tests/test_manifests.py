@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cluster.config import RunConfig
+from cluster.session import WORKER_ENV
 from common.cli import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +107,7 @@ def test_kuberay_manifest_fits_its_config(name):
     if doc["kind"] == "RayJob":
         env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
         assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+        assert env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == WORKER_ENV["RAY_TRAIN_ENABLE_PRINT_PATCH"]
         images = {c["image"] for pod in pods for c in pod["containers"]}
         if "working_dir" in env:
             # A remote zip of the repo (code + configs): the submitter pod has no local checkout.

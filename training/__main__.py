@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 from common.cli import exits_2_on_input_error, stage_parser
+from common.logs import setup_logging
 from training.config import TrainingConfig
 
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = stage_parser(__doc__, {"": TrainingConfig})
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     config = stage_config("training", args.config, args.overrides)
     from training.train import train
 

@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from common.assets import model_identity, resolve_model
 from common.cli import config_help, exits_2_on_input_error
+from common.logs import add_log_level, map_in_steps, progress_bar, setup_logging
 from common.manifest import read_manifest, write_manifest
 from common.shards import shard_name, shard_path, write_shard
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, SOURCE
@@ -80,7 +81,8 @@ def sample(config: EvalConfig, models: dict[str, Path], prompts: pa.Table, make_
     samples = {}
     for name, path in models.items():
         sampler = make_sampler(config.sampler.model_copy(update={"model": str(path), "seed": config.seed}))
-        samples[name] = sampler(prompts)
+        with progress_bar(prompts.num_rows, f"sample {name}") as bar:
+            samples[name] = sampler(prompts, progress=bar.update)
         if hasattr(sampler, "close"):
             sampler.close()
         del sampler
@@ -229,7 +231,10 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
     scorers, scored, identities = {}, {}, {}
     for name, scfg in scorer_names(config).items():
         scorer = make_scorer(scfg)
-        scored[name] = {m: scorer(table) for m, table in samples.items()}
+        scored[name] = {}
+        for m, table in samples.items():
+            with progress_bar(table.num_rows, f"score {m} ({name})") as bar:
+                scored[name][m] = map_in_steps(scorer, table, bar)
         identities[name] = model_identity(scorer.model_path)
         same = None if trained_with is None else identities[name]["sha256"] == trained_with.get("sha256")
         scorers[name] = {"backend": scfg.backend.value, "model": scfg.model, "sha256": identities[name]["sha256"],
@@ -300,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True, help="report folder")
     ap.add_argument("--config", help="YAML: an evaluation config, or a run config (its `evaluation:` section; the run is validated whole)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (sampler.k=4)")
+    add_log_level(ap)
     args = ap.parse_args(argv)
+    setup_logging(args.log_level)
     config = stage_config("evaluation", args.config, args.overrides)
     report = evaluate(config, args.sft, args.policy, args.output)
     if not report["results"]["reward"]["overall"]["compared"]:

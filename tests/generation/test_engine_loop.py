@@ -127,3 +127,14 @@ def test_close_stops_the_thread_and_drops_the_engine():
     assert loop.run([], []) == []
     loop.close()
     assert loop.engine is None and not loop._thread.is_alive()
+
+
+def test_progress_hears_of_every_request_as_it_finishes_rejected_ones_too():
+    engine = StepEngine()
+    loop = loop_for(engine)
+    ticks = []   # (engine step when told, n)
+    out = loop.run([("a", 3), ("bad", 0), ("b", 1)], params(3), on_done=lambda n: ticks.append((engine.step_no, n)))
+    loop.close()
+    assert [o.name for o in (out[0], out[2])] == ["a", "b"]
+    # the rejected request at admission (step 0), then b after step 1 and a after step 3
+    assert ticks == [(0, 1), (1, 1), (3, 1)]

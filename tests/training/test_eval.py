@@ -35,8 +35,10 @@ class FakeSampler:
     def __init__(self, config):
         self.k, self.long = config.k, Path(config.model).name == "policy"
 
-    def __call__(self, prompts: pa.Table) -> pa.Table:
+    def __call__(self, prompts: pa.Table, progress=None) -> pa.Table:
         prompts = conform(prompts, PROMPTS_SCHEMA, "fake sampler")
+        if progress is not None:
+            progress(prompts.num_rows)
         ids = prompts.column(PROMPT_ID).to_pylist()
         responses = [[("word " * (5 + (3 if self.long and i % 4 else 0) + j)).strip() for j in range(self.k)]
                      for i in range(len(ids))]
