@@ -126,15 +126,21 @@ def test_installed_rsdpo_runs_from_another_folder(installed, tmp_path):
     for heavy in ("ray", "vllm", "torch"):
         assert _run(installed, "python", "-c", f"import {heavy}", cwd=tmp_path).returncode != 0, heavy
 
-    scored = tmp_path / "scored"
-    scored.mkdir()
-    _write_scored(scored / "shard-00000.parquet")
-    pair = _run(installed, "rsdpo", "pair", "--input", str(scored), "--output", str(tmp_path / "pairs"),
+    run = tmp_path / "run"
+    (run / "scored").mkdir(parents=True)
+    _write_scored(run / "scored" / "shard-00000.parquet")
+    pair = _run(installed, "rsdpo", "pair", "--input", str(run / "scored"), "--output", str(run / "pairs"),
                 "tau=0.1", cwd=tmp_path)
     assert pair.returncode == 0, pair.stderr
     assert "-> 4 pairs" in pair.stdout, pair.stdout
-    check = _run(installed, "rsdpo", "validate", str(tmp_path / "pairs"), cwd=tmp_path)
+    check = _run(installed, "rsdpo", "validate", str(run / "pairs"), cwd=tmp_path)
     assert check.returncode == 0 and check.stdout.startswith("ok:"), check.stdout + check.stderr
+    # inspect reads a run folder; its manifest here is the pipeline's keys, written by hand
+    (run / "manifest.json").write_text(json.dumps({"stage": "pipeline", "config": {"pairing": {"tau": 0.1}},
+                                                   "counts": {}, "warnings": []}))
+    report = _run(installed, "rsdpo", "inspect", str(run), "--json", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["acceptance"]["accepted_by_rule"] == 4
 
     # deepspeed=zero2 resolves to the JSON shipped as package data inside the installed copy.
     ds = _run(installed, "python", "-c", "from training.config import DeepSpeed, TrainingConfig; "
