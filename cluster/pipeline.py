@@ -15,6 +15,7 @@ commit marker. A re-run with the same config skips committed shards. Seeds deriv
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -50,6 +51,11 @@ log = logging.getLogger("rsdpo")
 # way to bound a crashing actor's retries below, so that warning, raised at this module's calls, is known.
 warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning,
                         module=__name__)
+# When stdout is not a terminal (a log file, CI, `ray job logs`) Ray Data logs every operator's state,
+# a dozen lines, every 10 s; the job prints a line per committed shard with its rate and ETA. Every
+# 5 minutes is enough for what Ray Data's block adds (backpressure, actor states). An operator's own
+# setting wins. Read by Ray Data when the execution starts, in this (the driver's) process.
+os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "300")
 
 
 class ErrorRateExceeded(RuntimeError):
