@@ -30,7 +30,7 @@ def test_training_metrics_reach_tensorboard_and_ray_train_stays_quiet(tiny_polic
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-20000:]
 
-    [run] = (out / "runs").iterdir()                 # TRL/transformers: OUTPUT/runs/<time>_<host>/
+    [run] = (out / "checkpoints" / "runs").iterdir()   # the Trainer's output_dir/runs/<time>_<host>/
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = events.Tags()["scalars"]
