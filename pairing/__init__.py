@@ -2,7 +2,7 @@
 
     from pairing.config import PairingConfig, Strategy      # pydantic only
     from pairing.pairs import make_pairs, merge_stats, coverage_warning, PairingResult
-    from pairing.card import write_card
+    from pairing.card import write_pairs_shard, write_pairs_meta   # a pairs folder: shards, manifest, card
     from pairing import rules                                # numpy-only rules, one per strategy
 
     python -m pairing --input SCORED --output PAIRS [--config FILE] [key=value ...]
