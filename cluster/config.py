@@ -50,6 +50,14 @@ class ResourcesConfig(BaseModel):
 # Sections whose `seed` is the run's: a stage run alone from a run config gets the same seed.
 SEEDED_SECTIONS = ("generation", "pairing", "training", "evaluation")
 
+# vllm.LLM arguments that change how fast or in how much memory the engine runs, never what it
+# samples; every other `generation.vllm` key (dtype, quantization, kv_cache_dtype, max_model_len,
+# tensor_parallel_size, ...) can change the tokens and so is part of the resume fingerprint.
+VLLM_RUNTIME_ONLY = frozenset({
+    "gpu_memory_utilization", "enforce_eager", "swap_space", "cpu_offload_gb", "disable_log_stats",
+    "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "kv_cache_memory_bytes",
+})
+
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -107,7 +115,8 @@ class RunConfig(BaseModel):
         """What must match for a resumed run to extend, not contradict, earlier shards."""
         keep = {
             "prompts": self.prompts.model_dump(mode="json"),
-            "generation": self.generation.model_dump(mode="json", exclude={"vllm"}),
+            "generation": self.generation.model_dump(mode="json", exclude={"vllm"}) | {
+                "vllm": {k: v for k, v in self.generation.vllm.items() if k not in VLLM_RUNTIME_ONLY}},
             "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "max_padding", "device"}),
             "pairing": self.pairing.model_dump(mode="json", exclude={"license"}),  # the card's, not the pairs' 
             "shard_size": self.shard_size,

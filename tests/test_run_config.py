@@ -83,3 +83,13 @@ def test_evaluation_scores_with_the_runs_reward():
     own = load_config(RunConfig, "cluster/configs/default.yaml",
                       ["rewarding.backend=classifier", "rewarding.model=/models/rm", "evaluation.scorer.max_length=128"])
     assert evaluation_config(own).scorer.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept
+
+def test_engine_settings_that_change_samples_are_in_the_fingerprint():
+    """generation.vllm was left out whole: a resumed run with another dtype or quantization
+    extended shards sampled under the old one."""
+    a = RunConfig().fingerprint()
+    for change in ("generation.vllm.dtype=float32", "generation.vllm.quantization=fp8",
+                   "generation.vllm.kv_cache_dtype=fp8"):
+        assert load_config(RunConfig, None, [change]).fingerprint() != a, change
+    for same in ("generation.vllm.gpu_memory_utilization=0.9", "generation.vllm.max_num_seqs=64"):
+        assert load_config(RunConfig, None, [same]).fingerprint() == a, same
