@@ -7,6 +7,7 @@ they are never written to shards.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from pairing.card import write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.rules import stable_key
+from pairing.truncation import load_tokenizer
 from rewarding.config import ScorerConfig
 from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
 
@@ -85,6 +87,9 @@ class ScorerActor:
         return _with_meta(out, batch, {T_SCORE: time.perf_counter() - t0})
 
 
+_tokenizer = functools.lru_cache(maxsize=2)(load_tokenizer)  # one load per worker process, not per shard
+
+
 def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
     """Pair each complete shard in the batch, then write pairs and scored shards (scored last:
     it is the commit marker). Returns one summary row per shard for the driver."""
@@ -100,7 +105,8 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict) -> pa.Table:
             raise RuntimeError(f"shard {shard} arrived with {part.num_rows} of {expected} rows")
         scored = conform(part, SCORED_SCHEMA, f"shard {shard}")
         t0 = time.perf_counter()
-        result = make_pairs(scored, pcfg, shuffle_seed=stable_key(pcfg.seed, shard))
+        tokenizer = _tokenizer(pcfg.tokenizer) if pcfg.tokenizer and pcfg.max_length else None
+        result = make_pairs(scored, pcfg, shuffle_seed=stable_key(pcfg.seed, shard), tokenizer=tokenizer)
         t_pair = time.perf_counter() - t0
         write_pairs_shard(result, shard_path(out / "pairs", shard))
         write_shard(scored, shard_path(out / "scored", shard), SCORED_SCHEMA)

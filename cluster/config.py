@@ -85,6 +85,11 @@ class RunConfig(BaseModel):
         for name in SEEDED_SECTIONS:
             if (section := getattr(self, name)) is not None:
                 section.seed = self.seed
+        if self.training is not None:  # pairs are checked at the length and template they are trained at
+            if self.pairing.max_length is None:
+                self.pairing.max_length = self.training.max_length
+            if self.pairing.tokenizer is None:
+                self.pairing.tokenizer = self.training.model
         problems = []
         if "://" in self.output_dir:
             problems.append(

@@ -27,6 +27,7 @@ from pairing import rules
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import coverage_warning, make_pairs, merge_stats
+from pairing.truncation import load_tokenizer
 from rewarding.schema import SCORED_SCHEMA
 
 COMMANDS = ("run", "sweep", "validate")
@@ -43,9 +44,10 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
         print(f"warning: {out} also holds shards this run does not write ({', '.join(stale[:5])}"
               f"{', ...' if len(stale) > 5 else ''}): readers of the folder will see them too", file=sys.stderr)
     parts, spreads, written = [], [], []
+    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer and config.max_length else None
     for path in shards:
         result = make_pairs(read_shard(path, SCORED_SCHEMA), config,
-                            shuffle_seed=rules.stable_key(config.seed, path.stem))
+                            shuffle_seed=rules.stable_key(config.seed, path.stem), tokenizer=tokenizer)
         written.append(write_pairs_shard(result, shard_path(out, path.stem)))
         parts.append(result.stats)
         spreads.append(result.spreads)

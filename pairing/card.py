@@ -41,6 +41,7 @@ from pairing.schema import (
     REJECTED_REWARD,
     STRATEGY,
 )
+from pairing.truncation import Cut
 
 CARD = "README.md"
 UPSTREAM_SECTIONS = ("prompts", "generation", "rewarding")   # run-config sections that made the scored input
@@ -69,6 +70,9 @@ COUNT_LABELS = {
     "responses_in": "responses in", "responses_eligible": "responses eligible",
     "responses_dropped_duplicate": "responses dropped as duplicates",
     "responses_dropped_truncated": "responses dropped as truncated",
+    **{f"pairs_dropped_{cut.value}": f"pairs dropped at the training max_length: {cut.value}" for cut in Cut},
+    "pairs_chosen_longer": "pairs whose chosen answer is longer (generated tokens)",
+    "pairs_length_gap_tokens": "sum of chosen - rejected generated tokens",
 }
 
 
@@ -203,7 +207,8 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
         "",
         f"Made by `{made_by}` with strategy **{config.strategy}**: {_settings(config)}. Seed {config.seed}; "
         f"dedup_responses = {config.dedup_responses}; exclude_truncated = {config.exclude_truncated}; "
-        f"max_pairs_per_prompt = {config.max_pairs_per_prompt}. Rows are shuffled within each shard (seeded). "
+        f"max_pairs_per_prompt = {config.max_pairs_per_prompt}; pairs checked at the training max_length = "
+        f"{config.max_length} (null: not checked). Rows are shuffled within each shard (seeded). "
         "The full resolved config is in `manifest.json`.",
         "",
         "## License",
@@ -224,6 +229,9 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
         "|---|---:|",
         *[f"| {COUNT_LABELS[k]} | {v} |" for k, v in counts.items()],
         f"| pairs per usable prompt | {counts['pairs'] / usable:.2f} |" if usable else "| pairs per usable prompt | n/a |",
+        *([f"| share of pairs whose chosen answer is longer | {counts['pairs_chosen_longer'] / counts['pairs']:.3f} |",
+           f"| mean length gap, chosen - rejected | {counts['pairs_length_gap_tokens'] / counts['pairs']:+.2f} tokens |"]
+          if counts["pairs"] else []),
         "",
         *(["## Warnings", "", *[f"- {w}" for w in warnings], ""] if warnings else []),
         "## Schema",

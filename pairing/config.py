@@ -69,6 +69,16 @@ class PairingConfig(BaseModel):
                     "both allow. The embedded default (AlpacaEval prompts, CC BY-NC 4.0; SmolLM2, Apache-2.0) "
                     "is cc-by-nc-4.0",
     )
+    max_length: int | None = Field(
+        None, ge=16,
+        description="training length in tokens (prompt + answer, TRL keep_start): pairs whose chosen and rejected "
+                    "are the same sequence once cut to it are dropped and counted (pairing/truncation.py). "
+                    "null = not checked; a run config with a training section sets it to training.max_length",
+    )
+    tokenizer: str | None = Field(
+        None, description="model folder (or builtin name) whose tokenizer and chat template render pairs for the "
+                          "max_length check: the policy's; a run config sets it to training.model",
+    )
     min_prompts_with_pairs_warn: float = Field(
         0.5, ge=0, le=1,
         description="warn (stderr + manifest) when fewer than this share of usable prompts yield a pair",

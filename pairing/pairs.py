@@ -7,8 +7,9 @@ Steps, all vectorised over the whole table: validate the schema; route bad rows 
 prompt_id) to `stats["errors"]`; pad rewards to (n, k); mark eligible responses (drop truncated
 ones if configured, then exact-duplicate texts, keeping the first); apply the strategy's batch
 rule (pairing/rules.py); drop pairs whose two texts are identical (possible only without dedup);
-cap pairs per prompt keeping the largest raw gaps; shuffle rows with a seeded Generator; build
-conversational TRL rows (pairing/schema.py).
+cap pairs per prompt keeping the largest raw gaps; given the policy's tokenizer and the training
+max_length, drop (and count) pairs that training would see as one sequence (pairing/truncation.py);
+shuffle rows with a seeded Generator; build conversational TRL rows (pairing/schema.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.shards import conform
-from generation.schema import ERROR, FINISH_REASONS, MESSAGE, MESSAGES, PROMPT, PROMPT_ID, RESPONSES
+from generation.schema import (
+    ERROR,
+    FINISH_REASONS,
+    MESSAGE,
+    MESSAGES,
+    NUM_TOKENS,
+    PROMPT,
+    PROMPT_ID,
+    RESPONSES,
+)
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
 from pairing.schema import (
@@ -34,6 +44,7 @@ from pairing.schema import (
     REJECTED_REWARD,
     STRATEGY,
 )
+from pairing.truncation import Cut, truncation_cuts
 from rewarding.schema import REWARDS, SCORED_SCHEMA
 
 TRUNCATED = "length"        # finish reason of a response that hit max_tokens (generation/schema.py)
@@ -181,16 +192,37 @@ def _turns(texts: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(len(texts) + 1, dtype=np.int32)), turn, type=MESSAGES)
 
 
-def make_pairs(scored: pa.Table, config: PairingConfig, *, shuffle_seed: int = 0) -> PairingResult:
-    """Pair one scored table (SCORED_SCHEMA) with `config`'s strategy.
+def make_pairs(scored: pa.Table, config: PairingConfig, *, shuffle_seed: int = 0,
+               tokenizer=None) -> PairingResult:
+    """Pair one scored table (SCORED_SCHEMA) with `config`'s strategy. With `tokenizer` (the policy's,
+    pairing/truncation.py load_tokenizer) and config.max_length, pairs that the training length would
+    make one sequence are dropped and counted.
 
     stats: prompts_in, prompts_with_pairs, prompts_without_pairs (usable, no pair), prompts_errored,
     pairs, candidates_evaluated (ordered (j, l), j != l, among eligible responses: m(m-1) per usable
     prompt), responses_in, responses_eligible, responses_dropped_truncated,
-    responses_dropped_duplicate, errors ([{prompt_id, reason}], one per errored row).
+    responses_dropped_duplicate, pairs_dropped_<Cut> (one count per truncation cut; checked only
+    with a tokenizer and max_length), pairs_chosen_longer (pairs whose chosen answer has more
+    generated tokens than the rejected), pairs_length_gap_tokens (sum over pairs of chosen minus
+    rejected generated tokens; / pairs = the mean gap), errors ([{prompt_id, reason}], one per
+    errored row). Every count sums across shards (merge_stats).
     """
     cand = prepare(scored, config)
     rows, ch, rj = select(cand, config)
+    dropped = dict.fromkeys(Cut, 0)
+    if tokenizer is not None and config.max_length is not None and len(rows):
+        cuts = truncation_cuts(tokenizer, cand.table.column(PROMPT).take(rows).to_pylist(),
+                               cand.texts.take(cand.starts[rows] + ch).to_pylist(),
+                               cand.texts.take(cand.starts[rows] + rj).to_pylist(), config.max_length)
+        for cut in cuts:
+            if cut is not None:
+                dropped[cut] += 1
+        keep = np.array([cut is None for cut in cuts])
+        rows, ch, rj = rows[keep], ch[keep], rj[keep]
+    tokens = _lists(cand.table, NUM_TOKENS)
+    token_flat = tokens.values.to_numpy(zero_copy_only=False)
+    gap = (token_flat[tokens.offsets.to_numpy()[rows] + ch].astype(np.int64)
+           - token_flat[tokens.offsets.to_numpy()[rows] + rj])  # (pairs,) generated tokens, chosen - rejected
     perm = np.random.default_rng(shuffle_seed).permutation(len(rows))
     rows, ch, rj = rows[perm], ch[perm], rj[perm]
 
@@ -221,6 +253,9 @@ def make_pairs(scored: pa.Table, config: PairingConfig, *, shuffle_seed: int = 0
         "responses_eligible": int(eligible.sum()),
         "responses_dropped_truncated": cand.dropped_truncated,
         "responses_dropped_duplicate": cand.dropped_duplicate,
+        **{f"pairs_dropped_{cut.value}": n for cut, n in dropped.items()},
+        "pairs_chosen_longer": int((gap > 0).sum()),
+        "pairs_length_gap_tokens": int(gap.sum()),
         "errors": cand.errors,
     }
     return PairingResult(pairs, stats, spreads(cand))
