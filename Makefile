@@ -8,7 +8,7 @@ ARGS    ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run pipeline generate reward pair train eval bench submit test test-fast test-integration lint clean
+.PHONY: setup run pipeline compare generate reward pair train eval bench submit test test-fast test-integration lint clean
 
 setup:                      ## create .venv and install pinned deps + embedded assets
 	bash scripts/setup_env.sh
@@ -18,6 +18,9 @@ run: setup                  ## the whole chain on the embedded default: data job
 
 pipeline: setup            ## data only: sample -> score -> pair as one streaming Ray Data job
 	$(PY) -m cluster.run --config $(CONFIG) training=null evaluation=null output_dir=$(PIPE) $(ARGS)
+
+compare: setup              ## pairing strategies side by side (rs-dpo, best-worst, best-random) -> OUT/compare/compare.{md,json,png}
+	$(PY) -m cluster.compare --config $(CONFIG) $(ARGS)
 
 generate: setup             ## generation stage alone: OUT/samples
 	$(PY) -m generation --input builtin:alpaca_eval --output $(OUT)/samples --config $(CONFIG) $(ARGS)

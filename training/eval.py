@@ -104,10 +104,14 @@ def scorer_names(config: EvalConfig) -> dict[str, ScorerConfig]:
 
 def training_reward_identity(policy: Path) -> dict | None:
     """The reward model identity recorded by the pairs the policy was trained on (policy manifest ->
-    its input pairs folder's manifest), or None when that chain of manifests is not there."""
-    trained = read_manifest(policy) or {}
-    pairs = trained.get("input")
-    return ((read_manifest(Path(pairs)) or {}).get("models") or {}).get("reward") if pairs else None
+    its input pairs folder's manifest, as the pipeline writes it, or the scored manifest that
+    `python -m pairing` copies into it), or None when that chain of manifests is not there."""
+    pairs = (read_manifest(policy) or {}).get("input")
+    made = read_manifest(Path(pairs)) or {} if pairs else {}
+    for record in (made, made.get("upstream_manifest") or {}):
+        if (reward := (record.get("models") or {}).get("reward")) is not None:
+            return reward
+    return None
 
 
 def _per_prompt(table: pa.Table, column: str) -> dict[str, float]:

@@ -135,21 +135,32 @@ def test_rerun_after_kill_resumes_from_last_checkpoint(tiny_policy, pairs_dir, t
 
 def test_saved_policy_serves_in_vllm_eval(lora_run, tiny_policy, tiny_reward_model, tmp_path):
     """training.eval samples the SFT model and the saved policy with vLLM (generation.Sampler) and
-    scores both: the saved folder loads in vLLM as is, and the report compares the two."""
+    scores both with the training reward and a judge (real Scorers): the saved folder loads in vLLM
+    as is, and the report compares the two under each scorer, with lengths and pair accuracies."""
     pytest.importorskip("vllm")
+    from common.tiny import build_tiny_llama
+
     _, policy, _ = lora_run
+    judge = build_tiny_llama(tmp_path / "judge", reward=True, seed=3)
     out = tmp_path / "eval"
     env = {k: v for k, v in subprocess_env().items() if k != "OMP_NUM_THREADS"}  # vLLM sets its own threads
     proc = subprocess.run(
         [sys.executable, "-m", "training.eval", "--sft", str(tiny_policy), "--policy", str(policy),
          "--output", str(out), "prompts=[{source: builtin:mt_bench, limit: 6}]", "sampler.k=2",
          "sampler.max_tokens=8", "sampler.max_model_len=256", "scorer.backend=classifier",
-         f"scorer.model={tiny_reward_model}", "bootstrap=200"],
+         f"scorer.model={tiny_reward_model}", f"judges=[{{backend: classifier, model: {judge}}}]",
+         "judge_check_prompts=3", "bootstrap=200"],
         env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-8000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["overall"]["prompts"] == 6 and report["overall"]["compared"] == 6
-    assert "[training.eval] win rate" in proc.stdout
+    assert list(report["results"]) == ["reward", "judge"]
+    for result in report["results"].values():
+        assert result["overall"]["prompts"] == 6 and result["overall"]["compared"] == 6
+        assert 0 <= result["overall"]["win_rate_lc"] <= 1
+    assert report["scorers"]["judge"]["pair_accuracy"]["pairs"] >= 3 * 5
+    assert report["length"]["overall"]["tokens_sft_mean"] > 0
+    assert "[training.eval] reward (" in proc.stdout and "[training.eval] judge (" in proc.stdout
+    assert "[training.eval] length: SFT" in proc.stdout
     assert (out / "rewards.png").stat().st_size > 1000
     manifest = read_manifest(out)
     assert manifest["models"]["policy"]["path"] == str(policy)

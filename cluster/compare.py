@@ -1,0 +1,217 @@
+"""Pairing strategies side by side: one data job, several pair sets from its cached scored shards, a
+DPO policy per distinct pair set (the same number of steps and the same seed for all), each evaluated
+against the SFT policy with the training reward and the independent judge(s).
+
+    python -m cluster.compare --config cluster/configs/default.yaml [--strategies rs-dpo,best-worst,best-random] \
+        [key=value ...]
+    make compare
+
+OUT = <output_dir>/compare:
+    data/{scored,pairs}/      the data job (sampled and scored once; resumed like any run)
+    STRATEGY/pairs/           the cached scored shards re-paired with STRATEGY (rs-dpo keeps the run's
+                              eta / tau / cap; the others keep the cap and the training-length check)
+    policies/KEY/{policy,eval}/  one DPO run and one evaluation per distinct pair set: strategies whose
+                              pairs are identical (same prompt, chosen and rejected, same order) share them
+    compare.json, compare.md, compare.png   the table (per strategy and scorer: win rate and
+                              length-controlled win rate with intervals) and the plot
+
+Every step resumes: committed shards are skipped, a trained policy or a written report is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from cluster.chain import evaluation_config
+from cluster.config import RunConfig
+from common.cli import ConfigError, load_config
+from common.manifest import read_manifest, write_manifest
+from common.shards import list_shards
+from pairing.config import Strategy
+from pairing.schema import CHOSEN_INDEX, PROMPT_ID, REJECTED_INDEX
+
+DEFAULT_STRATEGIES = (Strategy.RS_DPO, Strategy.BEST_WORST, Strategy.BEST_RANDOM)
+
+
+def pairs_key(pairs_dir: Path, training: dict) -> str:
+    """Identity of a DPO run: the pairs (prompt, chosen and rejected response, in file order) and the
+    training config. Equal keys train the same policy, so it is trained once."""
+    h = hashlib.sha256(json.dumps(training, sort_keys=True).encode())
+    for path in list_shards(pairs_dir):
+        t = pq.read_table(path, columns=[PROMPT_ID, CHOSEN_INDEX, REJECTED_INDEX])
+        h.update(path.name.encode())
+        h.update(json.dumps([t.column(c).to_pylist() for c in t.column_names]).encode())
+    return h.hexdigest()[:16]
+
+
+def dpo_steps(cfg: RunConfig, pairs: int) -> int:
+    """The DPO steps every strategy gets: training.dpo.max_steps when set, else one epoch over the
+    configured strategy's pairs."""
+    dpo = cfg.training.dpo_kwargs()
+    if dpo.get("max_steps", -1) > 0:
+        return int(dpo["max_steps"])
+    per_step = dpo["per_device_train_batch_size"] * dpo["gradient_accumulation_steps"] * cfg.training.num_workers
+    return max(1, math.ceil(pairs * dpo.get("num_train_epochs", 1) / per_step))
+
+
+def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) -> dict:
+    from cluster.pipeline import run_pipeline
+    from cluster.session import connect
+    from cluster.train import train_on_ray
+    from pairing.__main__ import run as pair
+    from training.eval import evaluate, summary
+    from training.train import check_dpo_keys
+
+    check_dpo_keys(cfg.training)
+    out = cfg.out / "compare"
+    data_cfg = cfg.model_copy(deep=True, update={"output_dir": str(out / "data"), "training": None,
+                                                 "evaluation": None, "rounds": 1})
+    data = run_pipeline(data_cfg, fresh=fresh)
+    sft = cfg.generation.model
+    ecfg = evaluation_config(cfg)
+
+    pair_sets = {}
+    for strategy in strategies:
+        pcfg = cfg.pairing.model_copy(update={"strategy": strategy})
+        pair_sets[strategy] = pair(str(out / "data" / "scored"), str(out / strategy.value / "pairs"), pcfg)
+    configured = pair_sets.get(cfg.pairing.strategy) or next(iter(pair_sets.values()))
+    steps = dpo_steps(cfg, configured["pairs"])
+    tcfg = cfg.training.model_copy(deep=True)
+    tcfg.model, tcfg.reference_model = sft, sft
+    tcfg.dpo = {**tcfg.dpo, "max_steps": steps}
+
+    rows = []
+    for strategy, stats in pair_sets.items():
+        pairs_dir = out / strategy.value / "pairs"
+        key = pairs_key(pairs_dir, tcfg.model_dump(mode="json"))
+        run_dir = out / "policies" / key
+        policy = run_dir / "policy"
+        done = read_manifest(policy)
+        if done is None or not (policy / "config.json").exists():
+            connect(cfg.resources.num_cpus)
+            print(f"[rsdpo] compare: {strategy}: DPO on {stats['pairs']} pairs, {steps} steps -> {policy}",
+                  flush=True)
+            done = train_on_ray(tcfg, pairs_dir, policy, run_name=f"compare-{key}")
+        else:
+            print(f"[rsdpo] compare: {strategy}: reusing {policy} (same pairs and training config)", flush=True)
+        report_file = run_dir / "eval" / "report.json"
+        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        if "results" not in report:
+            print(f"[rsdpo] compare: {strategy}: evaluating {policy} against {sft}", flush=True)
+            report = evaluate(ecfg, sft, str(policy), run_dir / "eval")
+        for line in summary(report):
+            print(f"[rsdpo] compare: {strategy}: {line}", flush=True)
+        rows.append({"strategy": strategy.value, "pairs": stats["pairs"],
+                     "prompts_with_pairs": stats["prompts_with_pairs"], "dpo_steps": done["metrics"]["global_step"],
+                     "policy": str(policy), "report": str(report_file), "scorers": report["scorers"],
+                     "length": report["length"]["overall"],
+                     "results": {name: r["overall"] for name, r in report["results"].items()},
+                     "warnings": report["warnings"]})
+    result = {"config": cfg.model_dump(mode="json"), "data": data["counts"], "dpo_steps": steps, "rows": rows}
+    write_manifest(out, {"stage": "compare", **result})
+    (out / "compare.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "compare.md").write_text(markdown(rows))
+    plot(rows, out / "compare.png")
+    return result
+
+
+def _rate(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "n/a"
+    lo, hi = r[f"{key}_ci"]
+    return f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def markdown(rows: list[dict]) -> str:
+    scorers = list(rows[0]["scorers"]) if rows else []
+    produced = {True: "scored the training pairs", False: "independent (never scored training pairs)",
+                None: "unknown"}
+    lines = ["# Pairing strategies vs SFT", "",
+             "Same scored shards, same DPO steps and seed; win rate (ties half) and length-controlled win rate "
+             "(AlpacaEval 2 style) with 95% bootstrap intervals, per scorer.", "",
+             "| scorer | model | role | held-out pair accuracy |", "|---|---|---|---:|"]
+    for name in scorers:
+        s = rows[0]["scorers"][name]
+        acc = s["pair_accuracy"]
+        lines.append(f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | "
+                     f"{acc['accuracy']:.3f} ({acc['pairs']} pairs) |" if acc else
+                     f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | n/a |")
+    head = ["strategy", "pairs", "DPO steps", "tokens SFT -> policy"]
+    for name in scorers:
+        head += [f"{name} win rate", f"{name} LC win rate"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        n = row["length"]
+        cells = [row["strategy"], str(row["pairs"]), str(row["dpo_steps"]),
+                 f"{n['tokens_sft_mean']:.1f} -> {n['tokens_policy_mean']:.1f}" if n["compared"] else "n/a"]
+        for name in scorers:
+            r = row["results"][name]
+            cells += [_rate(r, "win_rate"), _rate(r, "win_rate_lc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scorers = list(rows[0]["results"]) if rows else []
+    fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(4.5 * max(1, len(scorers)), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], scorers, strict=False):
+        for shift, key, color in ((-0.12, "win_rate", "tab:blue"), (0.12, "win_rate_lc", "tab:orange")):
+            xs, ys, err = [], [], [[], []]
+            for i, row in enumerate(rows):
+                r = row["results"][name]
+                if r.get(key) is not None:
+                    xs.append(i + shift)
+                    ys.append(r[key])
+                    err[0].append(r[key] - r[f"{key}_ci"][0])
+                    err[1].append(r[f"{key}_ci"][1] - r[key])
+            ax.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=4,
+                        label="win rate" if key == "win_rate" else "length-controlled")
+        ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(rows)), [row["strategy"] for row in rows])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"vs SFT, scored by {name}")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("win rate (95% bootstrap interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="run config YAML with training and evaluation sections")
+    ap.add_argument("--strategies", default=",".join(s.value for s in DEFAULT_STRATEGIES),
+                    help="comma-separated pairing strategies")
+    ap.add_argument("--fresh", action="store_true", help="discard shards of an earlier, different data job")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(RunConfig, args.config, args.overrides)
+        strategies = [Strategy(s.strip()) for s in args.strategies.split(",") if s.strip()]
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.training is None or cfg.evaluation is None:
+        print("error: compare needs `training:` and `evaluation:` sections in the run config", file=sys.stderr)
+        return 2
+    result = compare(cfg, strategies, fresh=args.fresh)
+    print((cfg.out / "compare" / "compare.md").read_text())
+    print(f"[rsdpo] compare: table in {cfg.out / 'compare'}/compare.{{md,json}}, plot compare.png; "
+          f"{len({r['policy'] for r in result['rows']})} policies trained for {len(result['rows'])} strategies")
+    return 0
+
+
+if __name__ == "__main__":  # vLLM starts its engine in a spawned process: the guard is required
+    sys.exit(main())
