@@ -3,7 +3,9 @@ DPO on the pairs (Ray Train, DeepSpeed ZeRO), evaluation against the SFT policy 
 prompts. Round i+1 samples from round i's policy; the DPO reference stays the SFT policy unless
 `round_reference: previous`.
 
-    OUT/round-1/{scored,pairs,policy,eval}/, OUT/round-2/..., OUT/manifest.json (the chain)
+    OUT/round-1/{scored,pairs,policy,eval}/, OUT/round-2/{...,eval-vs-previous}/, OUT/manifest.json (the chain)
+    OUT/rounds.{md,json,png}   with rounds > 1: every round against SFT and against the round before,
+                               under every scorer (win rate and length-controlled win rate, intervals)
 
 Every step resumes: committed shards are skipped, training continues from its newest checkpoint,
 a finished policy or evaluation report is reused.
@@ -35,7 +37,7 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
     check_dpo_keys(cfg.training)  # a typo in training.dpo fails now, not after the data job
     sft = cfg.generation.model
     policy = sft
-    rounds = []
+    rounds, trends = [], []  # trends: one row per (round, baseline) evaluation, for OUT/rounds.{md,json,png}
     for i in range(1, cfg.rounds + 1):
         rdir = cfg.out / f"round-{i}"
         print(f"[rsdpo] ===== round {i}/{cfg.rounds}: sampling from {policy} =====", flush=True)
@@ -64,16 +66,32 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
         if cfg.evaluation is not None:
             from training.eval import evaluate, summary
 
-            report_file = rdir / "eval" / "report.json"
-            report = json.loads(report_file.read_text()) if report_file.exists() else {}
-            if "results" not in report:  # none yet, or one written before judges existed
-                print(f"[rsdpo] round {i}: evaluating {policy} against {sft} on held-out prompts", flush=True)
-                report = evaluate(evaluation_config(cfg), sft, policy, rdir / "eval")
-            for line in summary(report):
-                print(f"[rsdpo] round {i}: {line}", flush=True)
-            record["evaluation"] = {"report": str(report_file), "plot": str(rdir / "eval" / "rewards.png"),
-                                    "overall": {name: r["overall"] for name, r in report["results"].items()},
-                                    "warnings": report["warnings"]}
+            # against SFT, and from round 2 on against the round before (the policy this round sampled from)
+            baselines = [("SFT", sft, "eval")] + ([(f"round {i - 1}", tcfg.model, "eval-vs-previous")] if i > 1 else [])
+            for name, baseline, folder in baselines:
+                report_file = rdir / folder / "report.json"
+                report = json.loads(report_file.read_text()) if report_file.exists() else {}
+                if "results" not in report:  # none yet, or one written before judges existed
+                    print(f"[rsdpo] round {i}: evaluating {policy} against {baseline} on held-out prompts",
+                          flush=True)
+                    report = evaluate(evaluation_config(cfg), baseline, policy, rdir / folder)
+                for line in summary(report):
+                    print(f"[rsdpo] round {i} vs {name}: {line}", flush=True)
+                record["evaluation" if folder == "eval" else "evaluation_vs_previous"] = {
+                    "report": str(report_file), "plot": str(rdir / folder / "rewards.png"),
+                    "overall": {n: r["overall"] for n, r in report["results"].items()},
+                    "warnings": report["warnings"]}
+                trends.append({"label": f"round {i} vs {name}", "pairs": data["counts"]["pairs"],
+                               "dpo_steps": (done.get("metrics") or {}).get("global_step"),
+                               "length": report["length"]["overall"], "scorers": report["scorers"],
+                               "results": {n: r["overall"] for n, r in report["results"].items()}})
         rounds.append(record)
         write_manifest(cfg.out, {"stage": "chain", "config": cfg.model_dump(mode="json"), "rounds": rounds})
+    if cfg.rounds > 1 and trends:
+        from training.eval import plot_results, results_table
+
+        (cfg.out / "rounds.json").write_text(json.dumps(trends, indent=2) + "\n")
+        (cfg.out / "rounds.md").write_text(results_table(
+            trends, "Rounds", "round", "Each round's policy against SFT and against the round before."))
+        plot_results(trends, cfg.out / "rounds.png", "round")
     return {"rounds": rounds, "manifest": str(Path(cfg.out) / "manifest.json")}

@@ -66,7 +66,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
     from cluster.session import connect
     from cluster.train import train_on_ray
     from pairing.__main__ import run as pair
-    from training.eval import evaluate, summary
+    from training.eval import evaluate, plot_results, results_table, summary
     from training.train import check_dpo_keys
 
     check_dpo_keys(cfg.training)
@@ -108,7 +108,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
             report = evaluate(ecfg, sft, str(policy), run_dir / "eval")
         for line in summary(report):
             print(f"[rsdpo] compare: {strategy}: {line}", flush=True)
-        rows.append({"strategy": strategy.value, "pairs": stats["pairs"],
+        rows.append({"label": strategy.value, "strategy": strategy.value, "pairs": stats["pairs"],
                      "prompts_with_pairs": stats["prompts_with_pairs"], "dpo_steps": done["metrics"]["global_step"],
                      "policy": str(policy), "report": str(report_file), "scorers": report["scorers"],
                      "length": report["length"]["overall"],
@@ -117,76 +117,11 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
     result = {"config": cfg.model_dump(mode="json"), "data": data["counts"], "dpo_steps": steps, "rows": rows}
     write_manifest(out, {"stage": "compare", **result})
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "compare.md").write_text(markdown(rows))
-    plot(rows, out / "compare.png")
+    (out / "compare.md").write_text(results_table(
+        rows, "Pairing strategies vs SFT", "strategy",
+        "Same scored shards, same DPO steps and seed; each policy against the SFT policy."))
+    plot_results(rows, out / "compare.png", "vs SFT")
     return result
-
-
-def _rate(r: dict, key: str) -> str:
-    if r.get(key) is None:
-        return "n/a"
-    lo, hi = r[f"{key}_ci"]
-    return f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def markdown(rows: list[dict]) -> str:
-    scorers = list(rows[0]["scorers"]) if rows else []
-    produced = {True: "scored the training pairs", False: "independent (never scored training pairs)",
-                None: "unknown"}
-    lines = ["# Pairing strategies vs SFT", "",
-             "Same scored shards, same DPO steps and seed; win rate (ties half) and length-controlled win rate "
-             "(AlpacaEval 2 style) with 95% bootstrap intervals, per scorer.", "",
-             "| scorer | model | role | held-out pair accuracy |", "|---|---|---|---:|"]
-    for name in scorers:
-        s = rows[0]["scorers"][name]
-        acc = s["pair_accuracy"]
-        lines.append(f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | "
-                     f"{acc['accuracy']:.3f} ({acc['pairs']} pairs) |" if acc else
-                     f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | n/a |")
-    head = ["strategy", "pairs", "DPO steps", "tokens SFT -> policy"]
-    for name in scorers:
-        head += [f"{name} win rate", f"{name} LC win rate"]
-    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        n = row["length"]
-        cells = [row["strategy"], str(row["pairs"]), str(row["dpo_steps"]),
-                 f"{n['tokens_sft_mean']:.1f} -> {n['tokens_policy_mean']:.1f}" if n["compared"] else "n/a"]
-        for name in scorers:
-            r = row["results"][name]
-            cells += [_rate(r, "win_rate"), _rate(r, "win_rate_lc")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scorers = list(rows[0]["results"]) if rows else []
-    fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(4.5 * max(1, len(scorers)), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], scorers, strict=False):
-        for shift, key, color in ((-0.12, "win_rate", "tab:blue"), (0.12, "win_rate_lc", "tab:orange")):
-            xs, ys, err = [], [], [[], []]
-            for i, row in enumerate(rows):
-                r = row["results"][name]
-                if r.get(key) is not None:
-                    xs.append(i + shift)
-                    ys.append(r[key])
-                    err[0].append(r[key] - r[f"{key}_ci"][0])
-                    err[1].append(r[f"{key}_ci"][1] - r[key])
-            ax.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=4,
-                        label="win rate" if key == "win_rate" else "length-controlled")
-        ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
-        ax.set_xticks(range(len(rows)), [row["strategy"] for row in rows])
-        ax.set_ylim(0, 1)
-        ax.set_title(f"vs SFT, scored by {name}")
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("win rate (95% bootstrap interval)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -298,6 +298,77 @@ def summary(report: dict[str, Any]) -> list[str]:
     return lines + [f"WARNING: {w}" for w in report["warnings"]]
 
 
+def _rate(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "n/a"
+    lo, hi = r[f"{key}_ci"]
+    return f"{100 * r[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def results_table(rows: list[dict], title: str, label: str, note: str) -> str:
+    """Markdown: the scorers (model, whether they scored the training pairs, held-out pair accuracy), then
+    one line per row ({label, pairs, dpo_steps, length, results: {scorer: overall}, scorers}) with
+    each scorer's win rate and length-controlled win rate and their 95% bootstrap intervals."""
+    scorers = list(rows[0]["scorers"]) if rows else []
+    produced = {True: "scored the training pairs", False: "independent (never scored training pairs)",
+                None: "unknown"}
+    lines = [f"# {title}", "",
+             f"{note} Win rate (ties half) and length-controlled win rate (AlpacaEval 2 style) with "
+             "95% bootstrap intervals, per scorer.", "",
+             "| scorer | model | role | held-out pair accuracy |", "|---|---|---|---:|"]
+    for name in scorers:
+        s = rows[0]["scorers"][name]
+        acc = s["pair_accuracy"]
+        lines.append(f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | "
+                     f"{acc['accuracy']:.3f} ({acc['pairs']} pairs) |" if acc else
+                     f"| {name} | `{s['model']}` | {produced[s['produced_training_pairs']]} | n/a |")
+    head = [label, "pairs", "DPO steps", "tokens baseline -> policy"]
+    for name in scorers:
+        head += [f"{name} win rate", f"{name} LC win rate"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        n = row["length"]
+        cells = [row["label"], str(row["pairs"]), str(row["dpo_steps"]),
+                 f"{n['tokens_sft_mean']:.1f} -> {n['tokens_policy_mean']:.1f}" if n["compared"] else "n/a"]
+        for name in scorers:
+            r = row["results"][name]
+            cells += [_rate(r, "win_rate"), _rate(r, "win_rate_lc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(rows: list[dict], path: Path, title: str) -> None:
+    """One panel per scorer: each row's win rate and length-controlled win rate with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scorers = list(rows[0]["results"]) if rows else []
+    fig, axes = plt.subplots(1, max(1, len(scorers)), figsize=(4.5 * max(1, len(scorers)), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], scorers, strict=False):
+        for shift, key, color in ((-0.12, "win_rate", "tab:blue"), (0.12, "win_rate_lc", "tab:orange")):
+            xs, ys, err = [], [], [[], []]
+            for i, row in enumerate(rows):
+                r = row["results"][name]
+                if r.get(key) is not None:
+                    xs.append(i + shift)
+                    ys.append(r[key])
+                    err[0].append(r[key] - r[f"{key}_ci"][0])
+                    err[1].append(r[f"{key}_ci"][1] - r[key])
+            ax.errorbar(xs, ys, yerr=err, fmt="o", color=color, capsize=4,
+                        label="win rate" if key == "win_rate" else "length-controlled")
+        ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
+        ax.set_xticks(range(len(rows)), [row["label"] for row in rows], fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}, scored by {name}")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("win rate (95% bootstrap interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 @exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)

@@ -131,3 +131,24 @@ def test_eval_config_file_sections(tmp_path):
     f.write_text("prompts: {split: train}\ntraining: {}\nevaluation:\n  sampler: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
     c = stage_config("evaluation", f, ["scorer.backend=classifier"])
     assert c.sampler.k == 3 and c.prompts[0].limit == 5 and c.scorer.backend == "classifier"
+
+
+def test_results_table_and_plot_name_every_scorer_and_interval(tmp_path):
+    """The table of compare and of round trends: a scorer block, then one line per row with each scorer's
+    win rate and length-controlled win rate as percentages with their intervals."""
+    from training.eval import plot_results, results_table
+
+    overall = {"win_rate": 0.6, "win_rate_ci": [0.5, 0.7], "win_rate_lc": 0.55, "win_rate_lc_ci": [0.45, 0.65]}
+    scorers = {"reward": {"model": "builtin:all-minilm-l6-v2", "produced_training_pairs": True,
+                          "pair_accuracy": {"accuracy": 0.8, "pairs": 10}},
+               "judge": {"model": "j", "produced_training_pairs": False, "pair_accuracy": None}}
+    rows = [{"label": f"round {i} vs SFT", "pairs": 5, "dpo_steps": 2, "scorers": scorers,
+             "length": {"compared": 3, "tokens_sft_mean": 10.0, "tokens_policy_mean": 12.5},
+             "results": {"reward": overall, "judge": overall | {"win_rate_lc": None}}} for i in (1, 2)]
+    md = results_table(rows, "Rounds", "round", "Note.")
+    assert "| reward | `builtin:all-minilm-l6-v2` | scored the training pairs | 0.800 (10 pairs) |" in md
+    assert "| judge | `j` | independent (never scored training pairs) | n/a |" in md
+    assert "| round 2 vs SFT | 5 | 2 | 10.0 -> 12.5 | 60.0% [50.0, 70.0] | 55.0% [45.0, 65.0] | " \
+           "60.0% [50.0, 70.0] | n/a |" in md
+    plot_results(rows, tmp_path / "p.png", "round")
+    assert (tmp_path / "p.png").stat().st_size > 1000
