@@ -2,10 +2,11 @@
 training length (OpenRLHF issue 1311 keeps such pairs; their DPO gradient is zero, and they still
 count as data). Pure: the caller hands in a tokenizer object (loaded with load_tokenizer).
 
-DPO (TRL, truncation keep_start) trains on the first `max_length` tokens of prompt + answer rendered
-with the policy's chat template. When the prompt alone fills them, neither answer is seen; when the
-two answers agree on every token before the cut, the part where they differ is cut off. Either way
-the pair teaches nothing.
+DPO (TRL 1.16 DPOTrainer, truncation keep_start) tokenises the prompt with the generation prompt and
+prompt + answer with the policy's chat template, and trains on the first `max_length` tokens of
+each. When the prompt alone fills them, neither answer is seen (TRL drops those rows itself, without
+a count in our manifests); when the two answers agree on every token before the cut, the part where
+they differ is cut off and TRL keeps a pair with zero gradient. Either way the pair teaches nothing.
 
     used by pairing.make_pairs(..., tokenizer=...) (python -m pairing, and the pipeline's commit task)
 """
