@@ -20,15 +20,6 @@ from cluster.config import RoundReference, RunConfig
 from cluster.pipeline import run_pipeline
 from cluster.session import connect
 from common.manifest import read_manifest, write_manifest
-from training.config import EvalConfig
-
-
-def evaluation_config(cfg: RunConfig) -> EvalConfig:
-    """The run's evaluation, scoring with the run's own reward (`rewarding`) as the training reward
-    unless `evaluation.scorer` was set explicitly."""
-    if "scorer" in cfg.evaluation.model_fields_set:
-        return cfg.evaluation
-    return cfg.evaluation.model_copy(update={"scorer": cfg.rewarding.model_copy(deep=True)})
 
 
 def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
@@ -74,7 +65,7 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
                 if "results" not in report:  # none yet, or one written before judges existed
                     print(f"[rsdpo] round {i}: evaluating {policy} against {baseline} on held-out prompts",
                           flush=True)
-                    report = evaluate(evaluation_config(cfg), baseline, policy, rdir / folder)
+                    report = evaluate(cfg.evaluation, baseline, policy, rdir / folder)
                 for line in summary(report):
                     print(f"[rsdpo] round {i} vs {name}: {line}", flush=True)
                 record["evaluation" if folder == "eval" else "evaluation_vs_previous"] = {

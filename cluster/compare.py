@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cluster.chain import evaluation_config
 from cluster.config import RunConfig
 from common.cli import ConfigError, load_config
 from common.manifest import read_manifest, write_manifest
@@ -75,7 +74,6 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
                                                  "evaluation": None, "rounds": 1})
     data = run_pipeline(data_cfg, fresh=fresh)
     sft = cfg.generation.model
-    ecfg = evaluation_config(cfg)
 
     pair_sets = {}
     for strategy in strategies:
@@ -105,7 +103,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
         report = json.loads(report_file.read_text()) if report_file.exists() else {}
         if "results" not in report:
             print(f"[rsdpo] compare: {strategy}: evaluating {policy} against {sft}", flush=True)
-            report = evaluate(ecfg, sft, str(policy), run_dir / "eval")
+            report = evaluate(cfg.evaluation, sft, str(policy), run_dir / "eval")
         for line in summary(report):
             print(f"[rsdpo] compare: {strategy}: {line}", flush=True)
         rows.append({"label": strategy.value, "strategy": strategy.value, "pairs": stats["pairs"],

@@ -90,6 +90,9 @@ class RunConfig(BaseModel):
                 self.pairing.max_length = self.training.max_length
             if self.pairing.tokenizer is None:
                 self.pairing.tokenizer = self.training.model
+        if self.evaluation is not None and "scorer" not in self.evaluation.model_fields_set:
+            # the evaluation's training reward is the run's reward (it was MiniLM whatever the run scored with)
+            self.evaluation.scorer = self.rewarding.model_copy(deep=True)
         problems = []
         if "://" in self.output_dir:
             problems.append(

@@ -71,18 +71,19 @@ def test_job_without_a_usable_prompt_writes_the_quarantine_then_exits_2(tmp_path
 
 
 def test_evaluation_scores_with_the_runs_reward():
-    """The chain's evaluation uses the run's `rewarding` section as the training reward (it used the
-    MiniLM default even when the run's reward was a classifier), unless evaluation.scorer is set."""
-    from cluster.chain import evaluation_config
-
+    """The evaluation's training reward is the run's `rewarding` section (the chain used the MiniLM
+    default even when the run's reward was a classifier), unless evaluation.scorer is set; a stage
+    run alone (python -m training.eval --config RUN) gets the same."""
     cfg = load_config(RunConfig, "cluster/configs/default.yaml",
                       ["rewarding.backend=classifier", "rewarding.model=/models/rm", "rewarding.max_length=300"])
-    ecfg = evaluation_config(cfg)
+    ecfg = cfg.evaluation
     assert (ecfg.scorer.backend, ecfg.scorer.model, ecfg.scorer.max_length) == ("classifier", "/models/rm", 300)
     assert [j.model for j in ecfg.judges] == ["builtin:smollm2-judge"]
     own = load_config(RunConfig, "cluster/configs/default.yaml",
                       ["rewarding.backend=classifier", "rewarding.model=/models/rm", "evaluation.scorer.max_length=128"])
-    assert evaluation_config(own).scorer.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept
+    assert own.evaluation.scorer.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept
+    assert (cfg.pairing.max_length, cfg.pairing.tokenizer) == (256, "builtin:smollm2-135m-instruct")
+
 
 def test_engine_settings_that_change_samples_are_in_the_fingerprint():
     """generation.vllm was left out whole: a resumed run with another dtype or quantization

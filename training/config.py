@@ -134,7 +134,7 @@ class EvalConfig(BaseModel):
         "k responses per prompt, compared by their mean reward")
     scorer: ScorerConfig = Field(
         default_factory=ScorerConfig, description="the training reward: the scorer the pairs were made with "
-        "(the chain passes the run's `rewarding` section unless this is set)")
+        "(a run config sets it to its `rewarding` section unless this is set)")
     judges: list[ScorerConfig] = Field(
         default_factory=lambda: [ScorerConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")],
         description="scorers reported beside the training reward, each a local model; the default "
