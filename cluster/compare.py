@@ -88,6 +88,10 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
     rows = []
     for strategy, stats in pair_sets.items():
         pairs_dir = out / strategy.value / "pairs"
+        if not stats["pairs"]:
+            print(f"[rsdpo] compare: {strategy}: no pairs, nothing to train (see {pairs_dir}/manifest.json)",
+                  file=sys.stderr, flush=True)
+            continue
         key = pairs_key(pairs_dir, tcfg.model_dump(mode="json"))
         run_dir = out / "policies" / key
         policy = run_dir / "policy"
