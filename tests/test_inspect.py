@@ -83,3 +83,20 @@ def test_pairs_out_of_step_with_their_scored_shards_are_reported(tmp_path):
 def test_not_a_run_folder(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_a_chain_folder_is_inspected_round_by_round(tmp_path, capsys):
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    rounds = []
+    for i in (1, 2):
+        _run_folder(tmp_path / f"r{i}").rename(chain / f"round-{i}")
+        rounds.append({"round": i, "sampled_from": "sft" if i == 1 else "round-1/policy", "dir": str(chain / f"round-{i}"),
+                       "training": {"metrics": {"train_loss": 0.69 - i / 100}}, "evaluation": {"overall": {"win_rate": 0.5}}})
+    write_manifest(chain, {"stage": "chain", "rounds": rounds})
+    report = inspect_run(chain)
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert all(r["acceptance"]["accepted_by_rule"] == 4 for r in report["rounds"])
+    assert main([str(chain)]) == 0
+    text = capsys.readouterr().out
+    assert "=== round 2 (sampled from round-1/policy) ===" in text and '"train_loss": 0.67' in text
