@@ -192,7 +192,7 @@ def phase_pipeline(spec: dict) -> dict:
     t_call = time.time()
     run = pl.run_pipeline(cfg, fresh=True)
     t_return = time.time()
-    shards = list_shards(cfg.out / "scored")
+    shards = list_shards(Path(cfg.out) / "scored")  # the bench runs on a local folder
     responses, rewards, tokens = {}, {}, 0
     for p in shards:
         t = pq.read_table(p, columns=["prompt_id", "responses", "num_tokens", "rewards"])

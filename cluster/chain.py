@@ -30,7 +30,7 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
     policy = sft
     rounds, trends = [], []  # trends: one row per (round, baseline) evaluation, for OUT/rounds.{md,json,png}
     for i in range(1, cfg.rounds + 1):
-        rdir = cfg.out / f"round-{i}"
+        rdir = Path(cfg.out) / f"round-{i}"  # a local folder: the chain's policies are model folders
         print(f"[rsdpo] ===== round {i}/{cfg.rounds}: sampling from {policy} =====", flush=True)
         data_cfg = cfg.model_copy(deep=True, update={"output_dir": str(rdir), "training": None,
                                                      "evaluation": None, "rounds": 1})

@@ -14,7 +14,9 @@ from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common import storage
 from common.cli import deep_merge, load_config, parse_overrides, read_yaml, validate
+from common.storage import StorageConfig
 from generation.config import PromptsConfig, SamplerConfig
 from pairing.config import PairingConfig
 from rewarding.config import ScorerConfig
@@ -62,7 +64,9 @@ VLLM_RUNTIME_ONLY = frozenset({
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    output_dir: str = Field("outputs/default", description="run folder: scored/ and pairs/ (shards under each one's data/), README.md (dataset card), manifest.json, plan.json")
+    output_dir: str = Field("outputs/default", description="run folder: scored/ and pairs/ (shards under each "
+                            "one's data/), README.md (dataset card), manifest.json, plan.json; a local path, a "
+                            "shared file system, or an object-store prefix (s3://BUCKET/PREFIX, gs://...)")
     seed: int = Field(0, description="run seed; copied into generation.seed and pairing.seed")
     shard_size: int = Field(16, gt=0, description="prompts per shard: the unit of streaming, commit and resume")
     max_error_rate: float = Field(
@@ -72,6 +76,9 @@ class RunConfig(BaseModel):
     rewarding: ScorerConfig = Field(default_factory=ScorerConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="object-store endpoint and credentials for s3:// locations "
+        "(default: the standard AWS variables); keys never reach a manifest, plan.json or log")
     training: TrainingConfig | None = Field(
         None, description="DPO on each round's pairs (training.model is set to the round's sampling policy); "
         "null = data only")
@@ -94,11 +101,13 @@ class RunConfig(BaseModel):
             # the evaluation's training reward is the run's reward (it was MiniLM whatever the run scored with)
             self.evaluation.scorer = self.rewarding.model_copy(deep=True)
         problems = []
-        if "://" in self.output_dir:
+        if self.training is not None and storage.is_remote(self.output_dir):
             problems.append(
-                f"output_dir={self.output_dir!r}: object-store URIs are not supported (shards are committed by "
-                f"temp-file + rename on a file system); give a path on shared storage mounted on every node, "
-                f"e.g. /mnt/shared/rsdpo/run1 (cluster/OPERATIONS.md 'Where data lives')")
+                f"output_dir={self.output_dir!r} with a `training:` section: the chain writes each round's policy, "
+                f"a model folder that vLLM and transformers load from a path, under output_dir. Give a path on "
+                f"shared storage, or run the data job here with training=null and train on its pairs with "
+                f"`python -m cluster.train --input {self.output_dir}/pairs --output /mnt/shared/policy` "
+                f"(cluster/OPERATIONS.md 'Where data lives')")
         if self.rewarding.max_length < self.generation.max_tokens:
             problems.append(
                 f"rewarding.max_length={self.rewarding.max_length} < generation.max_tokens="
@@ -132,8 +141,9 @@ class RunConfig(BaseModel):
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
-    def out(self) -> Path:
-        return Path(self.output_dir)
+    def out(self) -> str:
+        """The run folder: a local path or an object-store URI (common/storage.py)."""
+        return self.output_dir
 
 
 def _section_models() -> dict[str, type[BaseModel]]:
@@ -167,11 +177,14 @@ def stage_config(section: str, path: str | Path | None, overrides: list[str] | d
     top = {k: over.pop(k) for k in ("seed",) if k in over}  # the run's seed is the stage's
     source = f"{path} + overrides" if overrides else str(path)
     run = validate(RunConfig, deep_merge(data, top), source)
+    storage.configure(run.storage)  # the stage reads and writes where the run's storage section says
     current = getattr(run, section)
     if current is None:
         stage = validate(model, over, source)
         if section in SEEDED_SECTIONS:
             stage.seed = run.seed
         return stage
+    if not over:
+        return current
     merged = run.model_dump(mode="json") | {section: deep_merge(current.model_dump(mode="json"), over)}
     return getattr(validate(RunConfig, merged, source), section)

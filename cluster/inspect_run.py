@@ -23,17 +23,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from common import storage
 from common.logs import add_log_level, setup_logging
 from common.manifest import read_manifest
-from common.shards import list_shards, read_shard
+from common.shards import list_shards, read_shard, shard_stem
 from generation.quarantine import read_quarantine
 from generation.schema import NUM_TOKENS, PROMPT_ID
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
 from pairing.pairs import prepare, select, spreads
-from pairing.schema import CHOSEN, CHOSEN_INDEX, REJECTED, REJECTED_INDEX
+from pairing.schema import CHOSEN, CHOSEN_INDEX, PAIRS_SCHEMA, REJECTED, REJECTED_INDEX
 from rewarding.schema import SCORED_SCHEMA
 
 EXAMPLES = 3   # error and quarantine reasons quoted per kind
@@ -47,7 +47,7 @@ def _summary(values: np.ndarray) -> dict[str, float] | None:
             "p90": round(float(q[2]), 4), "max": round(float(values.max()), 4), "min": round(float(values.min()), 4)}
 
 
-def _scored_figures(folder: Path, config: PairingConfig) -> dict[str, Any]:
+def _scored_figures(folder: str, config: PairingConfig) -> dict[str, Any]:
     """Per-shard pass over scored/: errors, candidates and rule acceptance, spreads, token counts."""
     uncapped = config.model_copy(update={"max_pairs_per_prompt": None})
     rows = candidates = accepted = expected_pairs = 0
@@ -77,12 +77,12 @@ def _scored_figures(folder: Path, config: PairingConfig) -> dict[str, Any]:
             "spreads": spread, "tokens": tokens, "usable_ids": usable_ids}
 
 
-def _pairs_figures(folder: Path, tokens: dict[str, list[int]]) -> dict[str, Any]:
+def _pairs_figures(folder: str, tokens: dict[str, list[int]]) -> dict[str, Any]:
     per_prompt: Counter = Counter()
     chars = {CHOSEN: [], REJECTED: []}
     toks = {CHOSEN: [], REJECTED: []}
     for path in list_shards(folder):
-        t = pq.read_table(path, columns=[PROMPT_ID, CHOSEN, REJECTED, CHOSEN_INDEX, REJECTED_INDEX])
+        t = read_shard(path, PAIRS_SCHEMA, columns=[PROMPT_ID, CHOSEN, REJECTED, CHOSEN_INDEX, REJECTED_INDEX])
         ids = t.column(PROMPT_ID).to_pylist()
         per_prompt.update(ids)
         for side, index in ((CHOSEN, CHOSEN_INDEX), (REJECTED, REJECTED_INDEX)):
@@ -95,15 +95,15 @@ def _pairs_figures(folder: Path, tokens: dict[str, list[int]]) -> dict[str, Any]
             "tokens": {s: np.asarray(v, dtype=np.float64) for s, v in toks.items()}}
 
 
-def inspect_data_run(out: Path) -> dict[str, Any]:
+def inspect_data_run(out: str) -> dict[str, Any]:
     """The report of one data job's folder (scored/, pairs/, manifest.json)."""
     manifest = read_manifest(out)
     if manifest is None:
         raise FileNotFoundError(f"{out}: no manifest.json; is this a run folder (`rsdpo run` output_dir)?")
     config = PairingConfig.model_validate(manifest["config"]["pairing"])
     counts = manifest.get("counts", {})
-    scored = _scored_figures(out / "scored", config)
-    pairs = _pairs_figures(out / "pairs", scored["tokens"])
+    scored = _scored_figures(storage.join(out, "scored"), config)
+    pairs = _pairs_figures(storage.join(out, "pairs"), scored["tokens"])
     per_prompt = np.array([pairs["per_prompt"].get(pid, 0) for pid in scored["usable_ids"]], dtype=np.int64)
     quarantine = read_quarantine(out)
     q_kinds = Counter(r.get("field") or "row" for r in quarantine)
@@ -117,7 +117,8 @@ def inspect_data_run(out: Path) -> dict[str, Any]:
     if pairs["pairs"] != scored["expected_pairs"]:
         warnings.append(f"pairs/ holds {pairs['pairs']} pairs but its scored shards give {scored['expected_pairs']} "
                         f"at the run's pairing config: the folders are out of step (mixed runs or an edited config)")
-    stray = sorted({p.stem for p in list_shards(out / "pairs")} - {p.stem for p in list_shards(out / "scored")})
+    stray = sorted({shard_stem(p) for p in list_shards(storage.join(out, "pairs"))}
+                   - {shard_stem(p) for p in list_shards(storage.join(out, "scored"))})
     if stray:
         warnings.append(f"pairs/ has shards without a committed scored shard: {stray[:5]}")
 
@@ -162,14 +163,14 @@ def inspect_data_run(out: Path) -> dict[str, Any]:
 
 def inspect_run(out: str | Path) -> dict[str, Any]:
     """A data job's report, or a chain's: every round's data report plus its training and evaluation."""
-    out = Path(out)
+    out = str(out)
     manifest = read_manifest(out)
     if manifest is None or manifest.get("stage") != "chain":
         return inspect_data_run(out)
     rounds = []
     for record in manifest["rounds"]:
-        report = inspect_data_run(Path(record["dir"]) if Path(record["dir"]).is_absolute()
-                                  else out / f"round-{record['round']}")
+        report = inspect_data_run(record["dir"] if Path(record["dir"]).is_absolute()
+                                  else storage.join(out, f"round-{record['round']}"))
         report |= {"round": record["round"], "sampled_from": record["sampled_from"],
                    "training": record.get("training"), "evaluation": record.get("evaluation")}
         rounds.append(report)

@@ -7,9 +7,11 @@
       => OUT/scored/data/shard-NNNNN.parquet, OUT/pairs/data/shard-NNNNN.parquet, manifests, cards
 
 A shard (`shard_size` prompts) is the unit of streaming, commit and resume: each writer writes
-the pairs shard then the scored shard, each atomically (temp + rename); the scored shard is the
-commit marker. A re-run with the same config skips committed shards. Seeds derive from
-(run seed, prompt_id), so the content of a shard does not depend on which actor took it.
+the pairs shard then the scored shard, each atomically (common/storage.py: temp + fsync + rename on
+a file system, one upload of the finished object on an object store); the scored shard is the
+commit marker. OUT may be a local path, a shared file system or an s3:// / gs:// prefix. A re-run
+with the same config skips committed shards. Seeds derive from (run seed, prompt_id), so the
+content of a shard does not depend on which actor took it.
 """
 
 from __future__ import annotations
@@ -21,28 +23,27 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from cluster.actors import SHARD, SHARD_ROWS, SamplerActor, ScorerActor, commit_shard
+from cluster.actors import SHARD, SamplerActor, ScorerActor, commit_shard, pack
 from cluster.config import RunConfig
 from cluster.plan import check_resume, clear_temps, plan_shards
 from cluster.session import WORKER_ENV, connect, scorer_env
+from common import storage
 from common.assets import model_identity, resolve_model
-from common.files import atomic_path
 from common.manifest import write_manifest
-from common.shards import hub_configs, list_shards
+from common.shards import data_dir, hub_configs, read_shard, shard_stem
 from generation.prompts import LoadedPrompts, check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, PROMPT_ID
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
-from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS
+from pairing.schema import PAIRS_SCHEMA
+from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS, SCORED_SCHEMA
 from rewarding.scorer import truncation_warning
 
 log = logging.getLogger("rsdpo")
@@ -86,25 +87,30 @@ def end_iteration(rows, threads_before: set[threading.Thread], timeout: float = 
     return alive
 
 
-def _totals(out: Path) -> dict:
+def _committed(out: str, sub: str) -> list[str]:
+    """The committed shards of OUT/sub (under its data/; a folder or prefix not there yet has none)."""
+    return storage.list_files(data_dir(storage.join(out, sub)), (".parquet",))
+
+
+def _totals(out: str) -> dict:
     """Counts over every committed shard (this session's and earlier ones)."""
     rows = errors = pairs = with_pairs = responses = truncated = 0
     error_rows = []
     spreads = []  # per usable prompt: max - min reward, for the coverage warning
-    for path in list_shards(out / "scored"):
-        t = pq.read_table(path, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX, REWARD_TRUNCATED, REWARDS])
+    for path in _committed(out, "scored"):
+        t = read_shard(path, SCORED_SCHEMA, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX, REWARD_TRUNCATED, REWARDS])
         for pid, err, lo, hi, cut, rewards in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
             rows += 1
             responses += len(rewards)
             truncated += cut
             if err is not None:
                 errors += 1
-                error_rows.append({"prompt_id": pid, "error": err, "shard": path.name})
+                error_rows.append({"prompt_id": pid, "error": err, "shard": storage.basename(path)})
             elif lo is not None:
                 spreads.append(hi - lo)
     pair_ids = set()
-    for path in list_shards(out / "pairs"):
-        t = pq.read_table(path, columns=[PROMPT_ID])
+    for path in _committed(out, "pairs"):
+        t = read_shard(path, PAIRS_SCHEMA, columns=[PROMPT_ID])
         pairs += t.num_rows
         pair_ids.update(t.column(PROMPT_ID).to_pylist())
     with_pairs = len(pair_ids)
@@ -131,11 +137,8 @@ def build_dataset(cfg: RunConfig, todo: list[tuple[str, pa.Table]]) -> ray.data.
     """The streaming job over the shards still to run: sampler pool -> scorer pool -> commit tasks,
     one shard per batch."""
     out, r = cfg.out, cfg.resources
-    blocks = []
-    for name, t in todo:
-        t = t.append_column(SHARD, pa.array([name] * t.num_rows, pa.string()))
-        blocks.append(t.append_column(SHARD_ROWS, pa.array([t.num_rows] * t.num_rows, pa.int64())))
-    ds = ray.data.from_arrow(blocks)
+    # one block per shard, each one row (cluster/actors.py: a shard can never be split)
+    ds = ray.data.from_arrow([pack(t, {SHARD: name}) for name, t in todo])
     common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True,
               "runtime_env": {"env_vars": WORKER_ENV}}
     # A dead actor (pre-emption, OOM kill, segfault) is restarted and its batch retried, a
@@ -154,7 +157,10 @@ def build_dataset(cfg: RunConfig, todo: list[tuple[str, pa.Table]]) -> ray.data.
                         compute=ray.data.ActorPoolStrategy(size=r.scorer_replicas),
                         num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus, **retry,
                         **common | {"runtime_env": {"env_vars": scorer_env(r.scorer_num_cpus)}})
-    return ds.map_batches(commit_shard, fn_kwargs={"out_dir": str(out), "pairing": cfg.pairing.model_dump(mode="json")},
+    # the storage section travels as the model (keys included) in the task's arguments, never in an
+    # environment variable or a log line
+    return ds.map_batches(commit_shard, fn_kwargs={"out_dir": out, "pairing": cfg.pairing.model_dump(mode="json"),
+                                                   "storage_config": cfg.storage},
                           num_cpus=r.writer_num_cpus, max_retries=r.max_actor_restarts, **common)
 
 
@@ -162,6 +168,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     """Run (or resume) the job; returns the run manifest."""
     t_start = time.time()
     out = cfg.out
+    storage.configure(cfg.storage)
     loaded = load_prompts(cfg.prompts)
     if loaded.table.num_rows == 0:
         check_usable(loaded, cfg.prompts, write_quarantine(out, loaded.rejects))  # the reasons first, then stop
@@ -173,7 +180,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     # after the resume check: a refused run leaves the earlier run's quarantine as it was
     if (quarantine := write_quarantine(out, loaded.rejects)) is not None:
         print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantine}", flush=True)
-    done = {p.stem for p in list_shards(out / "scored")} if (out / "scored").exists() else set()
+    done = {shard_stem(p) for p in _committed(out, "scored")}
     todo = [(name, t) for name, t in plan if name not in done]
     print(f"[rsdpo] {loaded.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "
           f"{len(todo)} to run -> {out}", flush=True)
@@ -201,7 +208,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
                     raise ErrorRateExceeded(
                         f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
                         f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
-                        f"column of {out / 'scored'} and fix the input or config, then re-run to resume.")
+                        f"column of {storage.join(out, 'scored')} and fix the input or config, then re-run to resume.")
         except BaseException:
             # Stopped early (error rate, Ctrl-C, a stage that gave up): end this job's tasks first,
             # since a writer killed mid-file leaves its temp file, then clear those, so the folders
@@ -253,7 +260,7 @@ def finish(state: RunState) -> dict:
         "rows_out": totals["rows"] - totals["row_errors"],
         "row_errors": totals["row_errors"],
         "quarantined": len(loaded.rejects),
-        "shards": len(list_shards(out / "scored")),
+        "shards": len(_committed(out, "scored")),
         "shards_planned": len(state.plan),
         "pairs": totals["pairs"],
         "prompts_with_pairs": totals["prompts_with_pairs"],
@@ -265,7 +272,7 @@ def finish(state: RunState) -> dict:
     coverage = {"prompts_in": totals["rows"], "prompts_errored": totals["row_errors"],
                 "prompts_with_pairs": totals["prompts_with_pairs"]}
     if (warning := coverage_warning(cfg.pairing, coverage, totals["spreads"])) is not None:
-        warning += f". Re-pair without regenerating: python -m pairing --input {out / 'scored'} --output OTHER_DIR tau=..."
+        warning += f". Re-pair without regenerating: python -m pairing --input {storage.join(out, 'scored')} --output OTHER_DIR tau=..."
         warnings.append(warning)
         print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
     if (warning := truncation_warning(totals["reward_truncated"], totals["responses"],
@@ -278,10 +285,11 @@ def finish(state: RunState) -> dict:
         "error_rows": totals["error_rows"], "warnings": warnings,
         "raw_threshold": raw_threshold(cfg.pairing.tau, cfg.pairing.eta),
     }
-    write_manifest(out / "scored", {"stage": "scored", "config": config, "models": models,
-                                    "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})
-    write_pairs_meta(out / "pairs", cfg.pairing, list_shards(out / "pairs"), made_by="rsdpo run (the cluster pipeline)",
-                     inputs=[out / "scored"], models=models, spreads=totals["spreads"],
+    scored, pairs = storage.join(out, "scored"), storage.join(out, "pairs")
+    write_manifest(scored, {"stage": "scored", "config": config, "models": models,
+                            "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})
+    write_pairs_meta(pairs, cfg.pairing, _committed(out, "pairs"), made_by="rsdpo run (the cluster pipeline)",
+                     inputs=[scored], models=models, spreads=totals["spreads"],
                      upstream={k: config[k] for k in UPSTREAM_SECTIONS}, warnings=warnings)
     write_run_card(out, counts)
     write_manifest(out, run)
@@ -291,7 +299,7 @@ def finish(state: RunState) -> dict:
 RUN_CARD = "README.md"
 
 
-def write_run_card(out: Path, counts: dict) -> Path:
+def write_run_card(out: str, counts: dict) -> str:
     """OUT/README.md: a dataset card whose YAML `configs` name the run's two shard folders, so that
     `datasets.load_dataset(OUT, "pairs")` (or "scored") reads that folder's shards and nothing else."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -314,7 +322,4 @@ def write_run_card(out: Path, counts: dict) -> Path:
         "",
         "What made the run (config, models, library versions, counts) is in `manifest.json`.",
     ])
-    path = out / RUN_CARD
-    with atomic_path(path) as tmp:
-        DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n").save(tmp)
-    return path
+    return storage.write_text(storage.join(out, RUN_CARD), str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")))

@@ -6,15 +6,13 @@ checks before it extends a folder's shards.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from cluster.config import RunConfig
+from common import storage
 from common.errors import InputError
-from common.files import atomic_path, clear_temp_files
 from common.shards import DATA, SHARD_SUFFIX, data_dir, list_shards, shard_name
 from generation.schema import PROMPT_ID
 
@@ -59,8 +57,8 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
     plan_ids = {name: t.column(PROMPT_ID).to_pylist() for name, t in plan}
     model_hashes = {role: m["sha256"] for role, m in models.items()}
     record = {"fingerprint": cfg.fingerprint(), "models": model_hashes, "shards": plan_ids}
-    plan_file = out / "plan.json"
-    old_layout = [p for sub in ("scored", "pairs") for p in (out / sub).glob(f"*{SHARD_SUFFIX}")]
+    plan_file = storage.join(out, "plan.json")
+    old_layout = [p for sub in ("scored", "pairs") for p in storage.list_files(storage.join(out, sub), (SHARD_SUFFIX,))]
     if old_layout and not fresh:
         raise RunRefused(
             f"{out}: {len(old_layout)} shard(s) lie directly in scored/ or pairs/ (the layout before shards "
@@ -68,18 +66,19 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
             f"`for d in scored pairs; do mkdir -p {out}/$d/{DATA} && mv {out}/$d/*{SHARD_SUFFIX} {out}/$d/{DATA}/; done`; "
             f"or pass --fresh to discard them.")
     if fresh:
+        # plan.json is replaced below, not deleted: one commit, and no object-store delete of a
+        # lone object (which leaves folder markers behind on some S3-compatible servers)
         for sub in ("scored", "pairs"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        plan_file.unlink(missing_ok=True)
-    elif plan_file.exists():
-        old = json.loads(plan_file.read_text())
+            storage.delete_tree(storage.join(out, sub))
+    elif storage.exists(plan_file):
+        old = json.loads(storage.read_text(plan_file))
         if old["fingerprint"] != record["fingerprint"]:
             raise RunRefused(
                 f"{out} holds shards from a different configuration (fingerprint {old['fingerprint']} != "
                 f"{record['fingerprint']}: model, k, seed, sampling, reward or pairing settings changed). "
                 f"Resuming would mix inconsistent shards. Use a new output_dir, or pass --fresh to discard "
                 f"them. To re-pair cached rewards with new eta/tau, run "
-                f"`python -m pairing --input {out / 'scored'} --output OTHER_DIR eta=.. tau=..`.")
+                f"`python -m pairing --input {storage.join(out, 'scored')} --output OTHER_DIR eta=.. tau=..`.")
         if old.get("models", model_hashes) != model_hashes:
             changed = [r for r in model_hashes if old["models"].get(r) != model_hashes[r]]
             raise RunRefused(
@@ -90,16 +89,16 @@ def check_resume(cfg: RunConfig, plan: list[tuple[str, pa.Table]], fresh: bool, 
                 f"{out}: the prompt set or its cut into shards changed since the shards were written "
                 f"(different prompts, order, or a version with other shard boundaries). Use a new "
                 f"output_dir or pass --fresh.")
-    elif (out / "scored").is_dir() and list_shards(out / "scored"):
+    elif storage.is_dir(storage.join(out, "scored")) and list_shards(storage.join(out, "scored")):
         raise RunRefused(f"{out}/scored holds shards without a plan.json; pass --fresh or use a new output_dir")
-    out.mkdir(parents=True, exist_ok=True)
     clear_temps(out)
-    with atomic_path(plan_file) as tmp:
-        tmp.write_text(json.dumps(record))
+    storage.write_text(plan_file, json.dumps(record))
 
 
-def clear_temps(out: Path) -> None:
-    """Clear the writers' temp files in the run's scored/ and pairs/ folders (shards and sidecars)."""
-    for folder in (out / "scored", out / "pairs"):
-        clear_temp_files(folder)
-        clear_temp_files(data_dir(folder))
+def clear_temps(out: str) -> None:
+    """Clear the writers' temp files in the run's scored/ and pairs/ folders (shards and sidecars) on a
+    file system; an object store never holds partial objects."""
+    for sub in ("scored", "pairs"):
+        folder = storage.join(out, sub)
+        storage.clear_temps(folder)
+        storage.clear_temps(data_dir(folder))

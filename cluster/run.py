@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import RunConfig
+from common import storage
 from common.cli import ConfigError, config_help, load_config
 from common.logs import add_log_level, setup_logging
 
@@ -28,14 +29,14 @@ def submitted_job() -> bool:
 def check_output_location(cfg: RunConfig) -> str | None:
     """A submitted job runs in a copy of the uploaded working dir that Ray deletes later, and
     whatever lies there is uploaded with every submission: outputs must live outside it."""
-    if not submitted_job():
-        return None
+    if not submitted_job() or storage.is_remote(cfg.output_dir):
+        return None   # an object-store prefix is never inside the working dir
     out = Path(cfg.output_dir).expanduser()
     cwd = Path.cwd().resolve()
     if not out.is_absolute() or out.resolve() == cwd or cwd in out.resolve().parents:
         return (f"output_dir={cfg.output_dir!r} lies inside the job's working dir ({cwd}), which Ray "
-                f"uploads with each submission and deletes after it. Give an absolute path on shared "
-                f"storage, e.g. output_dir=/mnt/shared/rsdpo/run1")
+                f"uploads with each submission and deletes after it. Give an object-store prefix or an "
+                f"absolute path on shared storage, e.g. output_dir=s3://BUCKET/rsdpo/run1 or /mnt/shared/rsdpo/run1")
     return None
 
 

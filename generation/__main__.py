@@ -10,7 +10,6 @@ OUT/quarantine.jsonl with their reasons.
 
 import sys
 import time
-from pathlib import Path
 
 from common.cli import exits_2_on_input_error, parse_overrides, stage_parser
 from common.logs import progress_bar, setup_logging
@@ -33,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     pcfg = stage_config("prompts", args.config, prompt_over)
     scfg = stage_config("generation", args.config, overrides)
     loaded = load_prompts(pcfg)
-    out = Path(args.output)
+    out = args.output
     if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
         print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
     check_usable(loaded, pcfg, quarantined)
     from common.assets import model_identity
     from generation.sampler import Sampler
 
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine
     t1 = time.time()

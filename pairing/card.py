@@ -16,7 +16,6 @@ Adds reward_spread.png (per-prompt max - min reward) when matplotlib is installe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from common.files import atomic_path
+from common import storage
 from common.manifest import write_manifest
 from common.shards import DATA, hub_configs, shard_metadata, write_shard
 from generation.schema import PROMPT, PROMPT_ID
@@ -76,20 +75,20 @@ COUNT_LABELS = {
 }
 
 
-def write_pairs_shard(result: PairingResult, path: str | Path) -> Path:
+def write_pairs_shard(result: PairingResult, path: str | Path) -> str:
     """Write make_pairs' pairs to `path`, its stats (errors included) in the shard's footer."""
     stats = json.dumps(result.stats).encode()
     return write_shard(result.pairs, path, PAIRS_SCHEMA.with_metadata({STATS_KEY: stats}))
 
 
-def read_pairs_stats(shards: list[Path]) -> tuple[dict, list[str]]:
+def read_pairs_stats(shards: list[str]) -> tuple[dict, list[str]]:
     """(the summed stats of `shards`, warnings): a shard without stats in its footer (an older
     version wrote it) is left out of the counts and named in a warning."""
     parts, missing = [], []
     for path in shards:
         raw = shard_metadata(path).get(STATS_KEY)
         if raw is None:
-            missing.append(path.name)
+            missing.append(storage.basename(path))
         else:
             parts.append(json.loads(raw))
     merged = merge_stats(parts) if parts else {"errors": [], **{k: 0 for k in COUNT_LABELS}}
@@ -120,7 +119,7 @@ def _model_line(role: str, identity: dict) -> str:
     return f"- {role}: `{name}`" + (f" (content sha256 {digest}...)" if digest else "")
 
 
-def _plot_spreads(path: Path, spreads: np.ndarray, config: PairingConfig) -> bool:
+def _plot_spreads(path: str, spreads: np.ndarray, config: PairingConfig) -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -136,7 +135,7 @@ def _plot_spreads(path: Path, spreads: np.ndarray, config: PairingConfig) -> boo
     ax.set_xlabel("per-prompt reward spread (max - min), raw reward units")
     ax.set_ylabel("prompts")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    storage.write_figure(path, fig)
     plt.close(fig)
     return True
 
@@ -153,7 +152,7 @@ def _settings(config: PairingConfig) -> str:
     }[config.strategy]
 
 
-def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Path], *, made_by: str,
+def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[str], *, made_by: str,
                      inputs: list[str | Path], models: dict[str, dict], spreads: np.ndarray,
                      upstream: dict[str, Any] | None = None, warnings: list[str] = ()) -> dict:
     """Write OUT/manifest.json and OUT/README.md for the pairs `shards` in OUT; returns the manifest.
@@ -162,12 +161,12 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
     per-prompt max - min reward (the plot); `upstream`: the run-config sections that made the scored
     input (`prompts`, `generation`, `rewarding`), those known; `warnings` go to both files.
     """
-    out = Path(out_dir)
+    out = str(out_dir)
     stats, stat_warnings = read_pairs_stats(shards)
     warnings = [*warnings, *stat_warnings]
     counts = {k: stats.get(k, 0) for k in COUNT_LABELS}
     threshold = rules.raw_threshold(config.tau, config.eta)
-    rel_inputs = [os.path.relpath(Path(p).resolve(), out.resolve()) for p in inputs]
+    rel_inputs = [storage.relative(p, out) for p in inputs]
     manifest = {
         "stage": "pairing", "made_by": made_by,
         "config": {**(upstream or {}), "pairing": config.model_dump(mode="json")},
@@ -175,7 +174,7 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
         "raw_threshold_note": "rs-dpo accepts (j, l) iff sigmoid((r_j - r_l)/tau) > eta, "
                               "i.e. r_j - r_l > tau * ln(eta / (1 - eta))",
         "inputs": rel_inputs, "models": models, "counts": counts,
-        "shards": [os.path.relpath(p.resolve(), out.resolve()) for p in shards],
+        "shards": [storage.relative(p, out) for p in shards],
         "errors": stats["errors"], "warnings": warnings,
     }
     write_manifest(out, manifest)
@@ -192,7 +191,7 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
     gen_lines = []
     if (prompts := made.get("prompts")) is not None:
         # builtin sets by name, a file by its name only (never where it sits on this machine)
-        source = prompts["source"] if prompts["source"].startswith("builtin:") else Path(prompts["source"]).name
+        source = prompts["source"] if prompts["source"].startswith("builtin:") else storage.basename(prompts["source"])
         gen_lines.append(f"- prompts: `{source}`" + (
             f", subsets {prompts['subsets']}" if prompts.get("subsets") else "") + f", split `{prompts['split']}`"
             + (f", limit {prompts['limit']}" if prompts.get("limit") else ""))
@@ -249,12 +248,11 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[Pa
         f'# any Parquet reader takes the shards as they are: pandas.read_parquet("path/to/this/folder/{DATA}")',
         "```",
     ]
-    if len(spreads) and _plot_spreads(out / SPREAD_PLOT, np.asarray(spreads), config):
+    if len(spreads) and _plot_spreads(storage.join(out, SPREAD_PLOT), np.asarray(spreads), config):
         lines += ["", "## Reward spread", "",
                   f"Per-prompt reward spread (max - min over eligible responses), {len(spreads)} prompts; "
                   "a prompt can yield an rs-dpo pair only if its spread exceeds the dashed threshold.",
                   "", f"![reward spread]({SPREAD_PLOT})"]
     card = DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
-    with atomic_path(out / CARD) as tmp:
-        card.save(tmp)
+    storage.write_text(storage.join(out, CARD), str(card))
     return manifest

@@ -11,11 +11,12 @@ reward_spread.png, lengths.png.
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
 
 import numpy as np
 import pyarrow.compute as pc
 
+from common import storage
 from common.cli import ConfigError, load_config
 from common.manifest import write_manifest
 from common.shards import read_shards
@@ -38,7 +39,7 @@ def parse_grid(text: str, name: str) -> list[float]:
     return values
 
 
-def sweep(input_path: str, output: str, config: PairingConfig, etas: list[float], taus: list[float]) -> Path:
+def sweep(input_path: str, output: str, config: PairingConfig, etas: list[float], taus: list[float]) -> str:
     """Run the grid, write the report folder, return the path of its README.md."""
     if config.strategy != Strategy.RS_DPO:
         raise ConfigError(f"strategy={config.strategy}: the sweep varies eta and tau, which only rs-dpo uses; "
@@ -64,14 +65,14 @@ def sweep(input_path: str, output: str, config: PairingConfig, etas: list[float]
             "length_ratio": float(len_ch.mean() / len_rj.mean()) if len(rows) and len_rj.mean() else float("nan"),
         })
 
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows_out)
+    out = str(output)
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows_out)
+    storage.write_text(storage.join(out, "sweep.csv"), table_csv.getvalue())
     table_md = _markdown(rows_out)
-    (out / "sweep.md").write_text(table_md)
+    storage.write_text(storage.join(out, "sweep.md"), table_md)
     spread = spreads(cand)
     focus = (config.eta, config.tau) if (config.eta, config.tau) in lengths else (etas[len(etas) // 2],
                                                                                   taus[len(taus) // 2])
@@ -79,8 +80,7 @@ def sweep(input_path: str, output: str, config: PairingConfig, etas: list[float]
     write_manifest(out, {"stage": "pairing-sweep", "config": base, "grid": {"eta": etas, "tau": taus},
                          "input": str(input_path), "prompts_in": cand.table.num_rows, "prompts_usable": usable,
                          "prompts_errored": int(cand.errored.sum()), "rows": rows_out})
-    readme = out / "README.md"
-    readme.write_text("\n".join([
+    return storage.write_text(storage.join(out, "README.md"), "\n".join([
         "# rs-dpo eta x tau sweep",
         "",
         f"Input: `{input_path}` ({cand.table.num_rows} prompts, {usable} usable, "
@@ -99,7 +99,6 @@ def sweep(input_path: str, output: str, config: PairingConfig, etas: list[float]
         *[f"![{name}]({name})" for name in plots],
         "",
     ]))
-    return readme
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -110,7 +109,7 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, rows: list[dict], etas, taus, spread: np.ndarray, focus, focus_lengths) -> list[str]:
+def _plots(out: str, rows: list[dict], etas, taus, spread: np.ndarray, focus, focus_lengths) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,7 +122,7 @@ def _plots(out: Path, rows: list[dict], etas, taus, spread: np.ndarray, focus, f
     ax.set_title("rs-dpo pairs vs eta")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "pairs_vs_eta.png", dpi=100)
+    storage.write_figure(storage.join(out, "pairs_vs_eta.png"), fig)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -134,7 +133,7 @@ def _plots(out: Path, rows: list[dict], etas, taus, spread: np.ndarray, focus, f
     ax.set_ylabel("prompts")
     ax.set_title(f"dashed: raw thresholds at eta = {focus[0]} for tau in {taus}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "reward_spread.png", dpi=100)
+    storage.write_figure(storage.join(out, "reward_spread.png"), fig)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -146,6 +145,6 @@ def _plots(out: Path, rows: list[dict], etas, taus, spread: np.ndarray, focus, f
     ax.set_ylabel("chosen length (characters)")
     ax.set_title(f"pairs at eta = {focus[0]}, tau = {focus[1]}")
     fig.tight_layout()
-    fig.savefig(out / "lengths.png", dpi=100)
+    storage.write_figure(storage.join(out, "lengths.png"), fig)
     plt.close(fig)
     return ["pairs_vs_eta.png", "reward_spread.png", "lengths.png"]

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from common import storage
 from common.manifest import read_manifest
 from common.shards import ShardError, list_shards, read_shard, sidecar_dir
 from generation.schema import ERROR, FINISH_REASONS, PROMPT_ID, RESPONSES
@@ -41,7 +42,7 @@ class Violation(Exception):
     pass
 
 
-def _first(bad: np.ndarray, path: Path, kind: str, detail) -> None:
+def _first(bad: np.ndarray, path: str, kind: str, detail) -> None:
     """Raise a Violation naming the first row where `bad` holds; detail(i) describes that row."""
     rows = np.flatnonzero(bad)
     if len(rows):
@@ -54,7 +55,7 @@ def _np(col) -> np.ndarray:
         col.combine_chunks().to_numpy(zero_copy_only=False)
 
 
-def _check_pairs(path: Path, table: pa.Table, seen: set, rule: tuple[float, float] | None) -> None:
+def _check_pairs(path: str, table: pa.Table, seen: set, rule: tuple[float, float] | None) -> None:
     for side in (CHOSEN, REJECTED):
         col = table.column(side)
         _first(~_np(pc.equal(pc.list_value_length(col), 1).fill_null(False)), path, "turn-shape",
@@ -88,7 +89,7 @@ def _check_pairs(path: Path, table: pa.Table, seen: set, rule: tuple[float, floa
                          f"is not > eta = {eta} (manifest.json)")
 
 
-def _check_scored(path: Path, table: pa.Table, seen: set) -> None:
+def _check_scored(path: str, table: pa.Table, seen: set) -> None:
     pid = table.column(PROMPT_ID)
     ids = pid.to_pylist()
     _first(np.array([not p for p in ids], dtype=bool), path, "empty-prompt-id", lambda i: f"prompt_id is {ids[i]!r}")
@@ -126,14 +127,15 @@ def _check_scored(path: Path, table: pa.Table, seen: set) -> None:
 
 def validate(source: str | Path) -> tuple[bool, str]:
     """(True, one-line summary) or (False, 'FILE: row I: CLASS: detail') for the first violation found."""
-    source = Path(source)
+    source = str(source)
     try:
         paths = list_shards(source)
     except FileNotFoundError as e:
         return False, f"{source}: {e}"
     if not paths:
         return False, f"{source}: no .parquet shards"
-    names = set(pq.read_schema(paths[0]).names)
+    fs, first = storage.filesystem(paths[0])
+    names = set(pq.read_schema(first, filesystem=fs).names)
     if set(PAIRS_SCHEMA.names) <= names:
         kind, schema = "pairs", PAIRS_SCHEMA
     elif set(SCORED_SCHEMA.names) <= names:

@@ -5,14 +5,14 @@
 
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from common import storage
 from common.cli import exits_2_on_input_error, stage_parser
 from common.logs import map_in_steps, progress_bar, setup_logging
 from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards, read_shard, shard_path, sidecar_dir, write_shard
+from common.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
 from rewarding.config import ScorerConfig
 from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
@@ -29,15 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     from common.assets import model_identity
     from rewarding.scorer import Scorer, truncation_warning
 
-    out = Path(args.output)
+    out = args.output
     scorer = Scorer(cfg)
     rows = errors = responses = truncated = 0
     t0 = time.time()
-    bar = progress_bar(sum(pq.read_metadata(p).num_rows for p in shards), "score")
+    bar = progress_bar(sum(pq.read_metadata(inner, filesystem=fs).num_rows
+                           for fs, inner in map(storage.filesystem, shards)), "score")
     for path in shards:
         samples = read_shard(path, SAMPLES_SCHEMA)
         scored = map_in_steps(scorer, samples, bar)
-        write_shard(scored, shard_path(out, path.stem), SCORED_SCHEMA)
+        write_shard(scored, shard_path(out, shard_stem(path)), SCORED_SCHEMA)
         rows += scored.num_rows
         errors += sum(e is not None for e in scored.column(ERROR).to_pylist())
         responses += sum(len(r) for r in scored.column(RESPONSES).to_pylist())

@@ -55,3 +55,30 @@ def pairs_dir(tmp_path_factory) -> Path:
     write_shard(make_pairs(16, seed=1, strategy="best-worst"), shard_path(out, "part-00001"), PAIRS_SCHEMA)
     (out / "manifest.json").write_text("{}")  # a sidecar beside data/, never read as a shard
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (rclone serve s3, tests/s3server.py) on 127.0.0.1 for the session."""
+    from s3server import CHECKSUM_ENV, start_s3_server
+
+    # pyarrow's AWS SDK reads these when it makes a client: set them before any test makes one
+    os.environ.update(CHECKSUM_ENV)
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "data")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A new, empty bucket on the session's S3 server (its s3:// URI); this process's standard AWS
+    variables point at the server, as a user's shell would."""
+    import hashlib
+
+    from common import storage
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    storage.configure(None)
+    name = "t-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return s3_server.make_bucket(name)

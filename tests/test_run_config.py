@@ -94,3 +94,14 @@ def test_engine_settings_that_change_samples_are_in_the_fingerprint():
         assert load_config(RunConfig, None, [change]).fingerprint() != a, change
     for same in ("generation.vllm.gpu_memory_utilization=0.9", "generation.vllm.max_num_seqs=64"):
         assert load_config(RunConfig, None, [same]).fingerprint() == a, same
+
+
+def test_an_object_store_output_dir_is_a_run_folder_and_its_keys_stay_secret():
+    cfg = load_config(RunConfig, None, ["output_dir=s3://bucket/rsdpo/run1", "storage.access_key_id=AKIDEXAMPLE123",
+                                        "storage.secret_access_key=s3cr3t-value"])
+    assert cfg.out == "s3://bucket/rsdpo/run1" and cfg.storage.secret_access_key.get_secret_value() == "s3cr3t-value"
+    dumped = str(cfg.model_dump(mode="json"))            # what manifests record
+    assert "AKIDEXAMPLE123" not in dumped and "s3cr3t-value" not in dumped
+    assert cfg.fingerprint() == load_config(RunConfig, None, ["output_dir=s3://bucket/rsdpo/run1"]).fingerprint()
+    with pytest.raises(ConfigError, match="policy, a model folder"):
+        load_config(RunConfig, None, ["output_dir=s3://bucket/run", "training.num_workers=1"])

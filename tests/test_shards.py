@@ -26,19 +26,19 @@ def test_write_is_atomic_and_readers_skip_temp_files(tmp_path):
     write_shard(_prompts(3), tmp_path / "shard-00000.parquet", PROMPTS_SCHEMA)
     (tmp_path / ".shard-00001.parquet.123.tmp").write_bytes(b"partial")
     (tmp_path / "_SUCCESS.parquet").write_bytes(b"")  # a name pyarrow skips is never a shard either
-    assert [p.name for p in list_shards(tmp_path)] == ["shard-00000.parquet"]
+    assert list_shards(tmp_path) == [str(tmp_path / "shard-00000.parquet")]
     assert read_shards(tmp_path, PROMPTS_SCHEMA).num_rows == 3
 
 
 def test_a_shard_folder_keeps_shards_under_data_and_sidecars_beside_it(tmp_path):
     folder = tmp_path / "pairs"
     path = write_shard(_prompts(3), shard_path(folder, shard_name(7)), PROMPTS_SCHEMA)
-    assert path == folder / "data" / "shard-00007.parquet" and data_dir(folder) == path.parent
+    assert path == str(folder / "data" / "shard-00007.parquet") and data_dir(folder) == str(folder / "data")
     (folder / "manifest.json").write_text("{}")
     (folder / "README.md").write_text("# card")
     # the folder, its data/ subfolder and one shard name the same shards and the same sidecar folder
     for source in (folder, data_dir(folder), path):
-        assert list_shards(source) == [path] and sidecar_dir(source) == folder
+        assert list_shards(source) == [path] and sidecar_dir(source) == str(folder)
     assert read_shards(folder, PROMPTS_SCHEMA).num_rows == 3
 
 

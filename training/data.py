@@ -13,56 +13,32 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from common import storage
 from common.errors import MissingInput
 from common.files import atomic_path
-from common.shards import DATA, HIDDEN, SHARD_SUFFIX, ShardError, conform
+from common.shards import ShardError, conform, list_shards
 from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
 
 
-def filesystem(source: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or a URI; pyarrow's own filesystems first, else fsspec's."""
-    if "://" not in source:
-        return pafs.LocalFileSystem(), str(Path(source).expanduser().resolve())
-    try:
-        return pafs.FileSystem.from_uri(source)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        # Schemes pyarrow does not know (memory://, az:// via adlfs, ...): wrap the fsspec filesystem.
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(source)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
-
-
 def read_pairs(source: str) -> tuple[pa.Table, str]:
-    """All complete pairs shards under `source` (a folder or one file), validated against PAIRS_SCHEMA.
+    """All complete pairs shards under `source` (a shard folder, its data/, or one file; local or a URI:
+    common/storage.py), validated against PAIRS_SCHEMA.
 
     Returns the table and a sha256 of the shard bytes (it names the cached Arrow copy, so a changed
     input never reuses a stale tokenized or reference log-prob cache).
     """
-    fs, path = filesystem(source)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+    if not storage.exists(source):
         raise MissingInput(f"{source}: no such pairs shard folder or file")
-    if info.type == pafs.FileType.File:
-        files = [path]
-    else:
-        if fs.get_file_info(f"{path}/{DATA}").type == pafs.FileType.Directory:
-            path = f"{path}/{DATA}"  # a shard folder: its shards lie under data/ (common/shards.py)
-        files = sorted(
-            f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=False))
-            if f.type == pafs.FileType.File and f.path.endswith(SHARD_SUFFIX) and not f.base_name.startswith(HIDDEN)
-        )
+    files = list_shards(source)
     if not files:
         raise MissingInput(f"{source}: no *.parquet pairs shards (run the pairing stage first)")
     digest = hashlib.sha256()
     tables = []
     for f in files:
-        with fs.open_input_file(f) as fh:
-            data = fh.read()
-        digest.update(f.rsplit("/", 1)[-1].encode())
+        data = storage.read_bytes(f)
+        digest.update(storage.basename(f).encode())
         digest.update(data)
         try:
             table = pq.read_table(pa.BufferReader(data))

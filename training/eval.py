@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from common import storage
 from common.assets import model_identity, resolve_model
 from common.cli import config_help, exits_2_on_input_error
 from common.logs import add_log_level, map_in_steps, progress_bar, setup_logging
@@ -211,7 +212,7 @@ def plot(scored: dict[str, dict[str, pa.Table]], set_of: dict[str, str], path: P
             ax.legend(fontsize=8)
         ax_row[0].set_ylabel("responses")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    storage.write_figure(path, fig, dpi=110)
     plt.close(fig)
 
 
@@ -259,7 +260,7 @@ def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
         for m, table in tables.items():
             write_shard(table, shard_path(out / f"scores-{name}-{m}", shard_name(0)), SCORED_SCHEMA)
     plot(scored, set_of, out / "rewards.png")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    storage.write_text(out / "report.json", json.dumps(report, indent=2) + "\n")  # atomic: a resumed chain reuses it
     write_manifest(out, {
         "stage": "training.eval",
         "config": config.model_dump(mode="json"),

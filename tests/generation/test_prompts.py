@@ -104,3 +104,44 @@ def test_generation_without_a_usable_row_writes_the_reasons_then_exits_2(tmp_pat
         assert str(quarantine) in err
         assert sorted(json.loads(r)["line"] for r in quarantine.read_text().splitlines()) == [f"{src}:{n}" for n in (1, 2, 3)]
     assert not list(out.glob("*.parquet"))
+
+
+def _prompt_set(base: str) -> dict[str, int]:
+    """Three JSONL files (one in a subfolder, one with a broken line 2) and one Parquet file under
+    `base`, plus a README that is not prompts; returns the rows written per file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from common import storage
+
+    def jsonl(name, lines):
+        storage.write_text(f"{base}/{name}", "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n"
+                                                     for x in lines))
+
+    jsonl("a.jsonl", [{"prompt": "a zero", "prompt_id": "a0"}, {"prompt": "a one", "prompt_id": "a1"}])
+    jsonl("b.jsonl", [{"prompt": "b zero", "prompt_id": "b0"}, "{broken", {"prompt": "b two", "prompt_id": "b2"}])
+    jsonl("more/c.jsonl", [{"prompt": "c zero", "prompt_id": "c0"}])
+    with storage.atomic_write(f"{base}/d.parquet") as f:
+        pq.write_table(pa.table({"prompt": ["d zero", "d one"], "prompt_id": ["d0", "d1"]}), f)
+    storage.write_text(f"{base}/README.md", "# not prompts\n")
+    return {"a.jsonl": 2, "b.jsonl": 3, "more/c.jsonl": 1, "d.parquet": 2}
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_folder_or_prefix_of_jsonl_and_parquet_files_is_one_prompt_set(where, tmp_path, request):
+    base = str(tmp_path / "prompts") if where == "local" else request.getfixturevalue("s3_bucket") + "/prompts"
+    written = _prompt_set(base)
+    loaded = load_prompts(PromptsConfig(source=base))
+    assert sorted(loaded.table["prompt_id"].to_pylist()) == ["a0", "a1", "b0", "b2", "c0", "d0", "d1"]
+    [bad] = loaded.rejects
+    assert bad["source"] == f"{base}/b.jsonl" and bad["line"] == f"{base}/b.jsonl:2"   # the key and line
+    assert "malformed JSON" in bad["reason"]
+    assert loaded.table.num_rows + len(loaded.rejects) == sum(written.values())       # counts balance
+    by_source = dict(zip(loaded.table["prompt_id"].to_pylist(), loaded.table["source"].to_pylist(), strict=True))
+    assert by_source["d1"] == f"{base}/d.parquet" and by_source["c0"] == f"{base}/more/c.jsonl"
+    only_jsonl = load_prompts(PromptsConfig(source=f"{base}/*.jsonl"))             # a glob crosses folders
+    assert sorted(only_jsonl.table["prompt_id"].to_pylist()) == ["a0", "a1", "b0", "b2", "c0"]
+    with pytest.raises(PromptError, match="does not exist"):
+        load_prompts(PromptsConfig(source=f"{base}/nothing-here"))
+    with pytest.raises(PromptError, match=r"no \.jsonl or \.parquet file"):
+        load_prompts(PromptsConfig(source=f"{base}/*.csv"))

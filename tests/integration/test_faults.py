@@ -166,3 +166,26 @@ def test_an_early_stop_ends_ray_data_threads_before_ray_shuts_down():
     res = subprocess.run([sys.executable, "-c", _EARLY_STOP], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
     assert "LEFT []" in res.stdout, res.stdout[-2000:]
+
+
+_SMALL_BLOCKS = """
+import sys
+import ray.data
+# Ray Data cuts a task's output into blocks of at most this many bytes (here: less than one row),
+# as a cluster whose DataContext sets a small target_max_block_size does.
+ray.data.DataContext.get_current().target_max_block_size = 256
+from cluster.run import main
+sys.exit(main(["--config", sys.argv[1]]))
+"""
+
+
+def test_shards_reach_their_commit_whole_when_ray_data_splits_blocks(tmp_path, tiny_policy):
+    # A stage's output larger than target_max_block_size is split between rows by Ray Data; a commit
+    # that saw part of a shard failed the job on every retry ("arrived with N of M rows").
+    config, out = _config(tmp_path, tiny_policy)
+    res = subprocess.run([sys.executable, "-c", _SMALL_BLOCKS, str(config)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert sorted(_ids(out)) == [f"s{i:02d}" for i in range(N_PROMPTS)]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["balanced"] and manifest["counts"]["shards"] == len(shard_sizes(N_PROMPTS, 2))

@@ -4,10 +4,11 @@ the one writer, with the counts of every committed shard, also those of an earli
 
 import json
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
-from cluster.actors import ENGINE_BUSY, SAMPLER_ID, SHARD, SHARD_ROWS, T_SAMPLE, T_SCORE, commit_shard
+from cluster.actors import ENGINE_BUSY, SAMPLER_ID, SHARD, T_SAMPLE, T_SCORE, commit_shard, pack
 from cluster.config import RunConfig
 from cluster.pipeline import RunState, finish
 from common.manifest import read_manifest
@@ -18,11 +19,8 @@ from pairing.card import COUNT_LABELS
 
 
 def _batch(table: pa.Table, shard: str) -> pa.Table:
-    n = table.num_rows
-    for name, value in ((SHARD, shard), (SHARD_ROWS, n), (T_SAMPLE, 1.0), (T_SCORE, 0.5), (ENGINE_BUSY, 1.0),
-                        (SAMPLER_ID, "actor-1")):
-        table = table.append_column(name, pa.array([value] * n))
-    return table
+    """A shard as the scorer actors hand it on: one row (cluster/actors.py)."""
+    return pack(table, {SHARD: shard, T_SAMPLE: 1.0, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", T_SCORE: 0.5})
 
 
 def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_path, build):
@@ -31,16 +29,17 @@ def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_
               "shard-00001": pa.concat_tables([build.random(7, 4, seed=2, prefix="b"),
                                                build.table([build.row("b-err", [], texts=[], error="generate: x")])])}
     # shard-00000 was committed by an earlier session; this one commits shard-00001 only
-    commit_shard(_batch(tables["shard-00000"], "shard-00000"), cfg.output_dir, cfg.pairing.model_dump(mode="json"))
+    commit_shard(_batch(tables["shard-00000"], "shard-00000"), cfg.output_dir, cfg.pairing.model_dump(mode="json"),
+                 cfg.storage)
     row = commit_shard(_batch(tables["shard-00001"], "shard-00001"), cfg.output_dir,
-                       cfg.pairing.model_dump(mode="json")).to_pylist()[0]
+                       cfg.pairing.model_dump(mode="json"), cfg.storage).to_pylist()[0]
     prompts = pa.concat_tables([t.select(PROMPTS_SCHEMA.names) for t in tables.values()])
     models = {"policy": {"path": "/models/policy-sft", "sha256": "ab" * 32},
               "reward": {"path": "/models/rm", "sha256": "cd" * 32}}
     run = finish(RunState(cfg=cfg, loaded=LoadedPrompts(prompts), plan=list(tables.items()), models=models,
                           t_start=time.time() - 10, committed=[row]))
 
-    out = cfg.out
+    out = Path(cfg.out)
     manifest = read_manifest(out / "pairs")
     assert set(manifest["counts"]) == set(COUNT_LABELS) and manifest["made_by"].startswith("rsdpo run")
     assert manifest["counts"]["prompts_in"] == 16 and manifest["counts"]["prompts_errored"] == 1
