@@ -19,6 +19,7 @@ from pathlib import Path
 from cluster.config import RoundReference, RunConfig
 from cluster.pipeline import run_pipeline
 from cluster.session import connect
+from common import storage
 from common.manifest import read_manifest, write_manifest
 
 
@@ -81,8 +82,8 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
     if cfg.rounds > 1 and trends:
         from training.eval import plot_results, results_table
 
-        (cfg.out / "rounds.json").write_text(json.dumps(trends, indent=2) + "\n")
-        (cfg.out / "rounds.md").write_text(results_table(
+        storage.write_text(Path(cfg.out) / "rounds.json", json.dumps(trends, indent=2) + "\n")
+        storage.write_text(Path(cfg.out) / "rounds.md", results_table(
             trends, "Rounds", "round", "Each round's policy against SFT and against the round before."))
-        plot_results(trends, cfg.out / "rounds.png", "round")
+        plot_results(trends, Path(cfg.out) / "rounds.png", "round")
     return {"rounds": rounds, "manifest": str(Path(cfg.out) / "manifest.json")}

@@ -27,14 +27,13 @@ import math
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from cluster.config import RunConfig
+from common import storage
 from common.cli import ConfigError, load_config
 from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards
+from common.shards import list_shards, read_shard
 from pairing.config import Strategy
-from pairing.schema import CHOSEN_INDEX, PROMPT_ID, REJECTED_INDEX
+from pairing.schema import CHOSEN_INDEX, PAIRS_SCHEMA, PROMPT_ID, REJECTED_INDEX
 
 DEFAULT_STRATEGIES = (Strategy.RS_DPO, Strategy.BEST_WORST, Strategy.BEST_RANDOM)
 
@@ -44,8 +43,8 @@ def pairs_key(pairs_dir: Path, training: dict) -> str:
     training config. Equal keys train the same policy, so it is trained once."""
     h = hashlib.sha256(json.dumps(training, sort_keys=True).encode())
     for path in list_shards(pairs_dir):
-        t = pq.read_table(path, columns=[PROMPT_ID, CHOSEN_INDEX, REJECTED_INDEX])
-        h.update(path.name.encode())
+        t = read_shard(path, PAIRS_SCHEMA, columns=[PROMPT_ID, CHOSEN_INDEX, REJECTED_INDEX])
+        h.update(storage.basename(path).encode())
         h.update(json.dumps([t.column(c).to_pylist() for c in t.column_names]).encode())
     return h.hexdigest()[:16]
 
@@ -69,7 +68,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
     from training.train import check_dpo_keys
 
     check_dpo_keys(cfg.training)
-    out = cfg.out / "compare"
+    out = Path(cfg.out) / "compare"  # local: the policies it trains are model folders
     data_cfg = cfg.model_copy(deep=True, update={"output_dir": str(out / "data"), "training": None,
                                                  "evaluation": None, "rounds": 1})
     data = run_pipeline(data_cfg, fresh=fresh)
@@ -118,8 +117,8 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
                      "warnings": report["warnings"]})
     result = {"config": cfg.model_dump(mode="json"), "data": data["counts"], "dpo_steps": steps, "rows": rows}
     write_manifest(out, {"stage": "compare", **result})
-    (out / "compare.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "compare.md").write_text(results_table(
+    storage.write_text(out / "compare.json", json.dumps(result, indent=2, default=str) + "\n")
+    storage.write_text(out / "compare.md", results_table(
         rows, "Pairing strategies vs SFT", "strategy",
         "Same scored shards, same DPO steps and seed; each policy against the SFT policy."))
     plot_results(rows, out / "compare.png", "vs SFT")
@@ -144,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: compare needs `training:` and `evaluation:` sections in the run config", file=sys.stderr)
         return 2
     result = compare(cfg, strategies, fresh=args.fresh)
-    print((cfg.out / "compare" / "compare.md").read_text())
-    print(f"[rsdpo] compare: table in {cfg.out / 'compare'}/compare.{{md,json}}, plot compare.png; "
+    print(storage.read_text(Path(cfg.out) / "compare" / "compare.md"))
+    print(f"[rsdpo] compare: table in {Path(cfg.out) / 'compare'}/compare.{{md,json}}, plot compare.png; "
           f"{len({r['policy'] for r in result['rows']})} policies trained for {len(result['rows'])} strategies")
     return 0
 

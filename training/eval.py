@@ -366,7 +366,7 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("win rate (95% bootstrap interval)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    storage.write_figure(path, fig, dpi=110)
     plt.close(fig)
 
 
