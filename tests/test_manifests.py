@@ -67,8 +67,11 @@ def _check_fits(cfg: RunConfig, groups: list[tuple[int, int]], where: str) -> No
 
 
 def _check_paths_shared(cfg: RunConfig, where: str) -> None:
-    for field, value in [("output_dir", cfg.output_dir), ("prompts.source", cfg.prompts.source),
-                         ("generation.model", cfg.generation.model), ("rewarding.model", cfg.rewarding.model)]:
+    """Run data on the shared volume or in an object store; models (local folders) on the volume."""
+    for field, value in [("output_dir", cfg.output_dir), ("prompts.source", cfg.prompts.source)]:
+        assert value.startswith((SHARED + "/", "s3://", "gs://")), \
+            f"{where}: {field}={value} is neither on the shared volume {SHARED} nor in an object store"
+    for field, value in [("generation.model", cfg.generation.model), ("rewarding.model", cfg.rewarding.model)]:
         assert value.startswith(SHARED + "/"), f"{where}: {field}={value} is not on the shared volume {SHARED}"
 
 
