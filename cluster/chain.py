@@ -62,7 +62,7 @@ def run_chain(cfg: RunConfig, *, fresh: bool = False) -> dict:
             baselines = [("SFT", sft, "eval")] + ([(f"round {i - 1}", tcfg.model, "eval-vs-previous")] if i > 1 else [])
             for name, baseline, folder in baselines:
                 report_file = rdir / folder / "report.json"
-                report = json.loads(report_file.read_text()) if report_file.exists() else {}
+                report = json.loads(storage.read_text(report_file)) if storage.exists(report_file) else {}
                 if "results" not in report:  # none yet, or one written before judges existed
                     print(f"[rsdpo] round {i}: evaluating {policy} against {baseline} on held-out prompts",
                           flush=True)

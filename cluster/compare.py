@@ -103,7 +103,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
         else:
             print(f"[rsdpo] compare: {strategy}: reusing {policy} (same pairs and training config)", flush=True)
         report_file = run_dir / "eval" / "report.json"
-        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        report = json.loads(storage.read_text(report_file)) if storage.exists(report_file) else {}
         if "results" not in report:
             print(f"[rsdpo] compare: {strategy}: evaluating {policy} against {sft}", flush=True)
             report = evaluate(cfg.evaluation, sft, str(policy), run_dir / "eval")

@@ -40,12 +40,13 @@ def build_llama(out: Path, *, hidden: int, layers: int, reward: bool) -> Path:
 
 def write_prompts(path: Path, n: int) -> Path:
     """n synthetic single-turn prompts of 5-60 words (prompt lengths vary, as in real data)."""
+    from common import storage  # after the NEEDED check: pyarrow may be missing there
     words = "the quick brown fox jumps over a lazy dog while rain falls on the sea".split()
     lines = []
     for i in range(n):
         body = " ".join(words[(i * 7 + j) % len(words)] for j in range(5 + (i * 13) % 56))
         lines.append(json.dumps({"prompt": f"Question {i}: {body}?", "prompt_id": f"g{i:05d}"}))
-    path.write_text("\n".join(lines) + "\n")
+    storage.write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import RunConfig
     from cluster.pipeline import run_pipeline
+    from common import storage
 
     cfg = RunConfig.model_validate({
         "output_dir": str(out / "run"), "seed": 0, "shard_size": 64,
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     result = report(run, args.k)
     result["seconds_total"] = round(time.perf_counter() - t0, 1)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    storage.write_text(out / "gpu_check.json", json.dumps(result, indent=2))
     c = run["counts"]
     ok = c["balanced"] and c["row_errors"] == 0
     print(f"[gpu_check] {'ok' if ok else 'FAILED'}: {c['rows_out']} prompts, {c['pairs']} pairs, "
