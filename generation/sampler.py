@@ -95,19 +95,29 @@ class EngineLoop:
     `stagger_steps` > 0 admits a new call only when nothing is in flight or that many steps have
     passed since the last admission. Concurrent calls admitted together would run in lockstep and
     finish together (their responses mostly stop at max_tokens); staggered, one finishes every
-    `stagger_steps` steps, so the next stage gets steady work instead of bursts."""
+    `stagger_steps` steps, so the next stage gets steady work instead of bursts.
+
+    A request the engine rejects comes back as its exception; an engine that fails fails every
+    call not yet answered (EngineFailed), and every later one."""
+
+    WATCH_S = 1.0  # how often the watchdog asks whether the engine core process is alive
 
     def __init__(self, llm, stagger_steps: int = 0):
         self.engine = llm.llm_engine
         self.stagger_steps = stagger_steps
         self._cond = threading.Condition()
         self._inbox: list[_Call] = []
+        self._open: set[_Call] = set()  # calls not answered yet: queued, being admitted or in the engine
         self._failed: BaseException | None = None
         self._closing = False
+        self._stop = threading.Event()
         self.busy_s = 0.0  # seconds spent in engine steps (the engine's own time, whatever is in flight)
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
         self._thread.start()
+        # vLLM's multiprocess client (vllm.LLM's default) can say whether its engine core lives
+        if (alive := getattr(getattr(self.engine, "engine_core", None), "ensure_alive", None)) is not None:
+            threading.Thread(target=self._watch, args=(alive,), name="vllm-engine-watchdog", daemon=True).start()
 
     def run(self, prompts: list, params: list, on_done: Callable[[int], None] | None = None) -> list:
         if not prompts:
@@ -117,6 +127,7 @@ class EngineLoop:
             if self._failed is not None:
                 raise EngineFailed(f"vLLM engine failed earlier: {self._failed!r}") from self._failed
             self._inbox.append(call)
+            self._open.add(call)
             self._cond.notify()
         call.done.wait()
         if call.error is not None:
@@ -124,14 +135,60 @@ class EngineLoop:
         return call.results
 
     def close(self) -> None:
-        """Stop the loop thread (after the calls in flight finish) and drop the engine reference."""
+        """Stop the loop thread (after the calls in flight finish) and drop the engine reference.
+        After an engine failure the loop thread may be stuck inside vLLM: it is not waited for."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join()
+        while self._thread.is_alive() and self._failed is None:
+            self._thread.join(self.WATCH_S)
+        self._stop.set()
         self.engine = None
 
+    def _answer(self, call: _Call) -> None:
+        with self._cond:
+            self._open.discard(call)
+        call.done.set()
+
+    def _fail(self, e: BaseException) -> None:
+        """Fail every call not answered yet, and every later one."""
+        with self._cond:
+            if self._failed is None:
+                self._failed = e
+            waiting, self._open, self._inbox = list(self._open), set(), []
+            self._cond.notify_all()  # an idle loop thread ends
+        for call in waiting:
+            call.error = e
+            call.done.set()
+
+    def _watch(self, alive) -> None:
+        """Fail the waiting calls once the engine core process is gone. vLLM's own monitor notices a
+        core killed outright (SIGKILL, the OOM killer) and marks the client dead, but a step already
+        waiting for that core's output is never woken, so the loop thread cannot see it."""
+        while not self._stop.wait(self.WATCH_S):
+            if self._failed is not None:
+                return
+            try:
+                alive()
+            except Exception as e:  # EngineDeadError
+                log.error("vLLM engine core is gone: %r", e)
+                self._fail(e)
+                return
+
+    def _admit_together(self, calls: list[_Call], owner: dict) -> None:
+        """Add the calls' requests so that they all enter the same engine step, in call order. The
+        engine core steps in its own process while requests reach it one by one, so its first
+        steps would otherwise take whichever had arrived (a batch that changes from run to run):
+        its scheduler is held until every request is queued (vLLM's documented way)."""
+        self.engine.sleep(level=0, mode="keep")
+        try:
+            for call in calls:
+                self._admit(call, owner)
+        finally:
+            self.engine.wake_up(tags=["scheduling"])
+
     def _admit(self, call: _Call, owner: dict) -> None:
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         for j, (prompt, sp) in enumerate(zip(call.prompts, call.params, strict=True)):
@@ -139,7 +196,10 @@ class EngineLoop:
             rid = f"r{next(self._ids)}"
             try:
                 self.engine.add_request(rid, prompt, sp)
-            except (ValueError, TypeError) as e:  # this request is invalid: its row errors, the rest run
+            # This request is invalid: its row errors, the rest run. vLLM 0.32 rejects most requests
+            # with VLLMValidationError (a VLLMClientError, not a ValueError) and a few with ValueError or
+            # TypeError; a dead engine raises EngineDeadError (a server error), which ends the loop.
+            except (VLLMClientError, ValueError, TypeError) as e:
                 call.results[j] = e
                 if call.on_done is not None:
                     call.on_done(1)
@@ -147,7 +207,7 @@ class EngineLoop:
             owner[rid] = (call, j)
             call.pending += 1
         if call.pending == 0:
-            call.done.set()
+            self._answer(call)
 
     def _loop(self) -> None:
         owner: dict[str, tuple[_Call, int]] = {}  # request id -> (call, index in the call); empty = idle
@@ -156,7 +216,7 @@ class EngineLoop:
             while True:
                 with self._cond:
                     while not owner and not self._inbox:
-                        if self._closing:
+                        if self._closing or self._failed is not None:
                             return
                         self._cond.wait()
                     admit = []
@@ -164,8 +224,8 @@ class EngineLoop:
                         # staggered: one call per admission; else every waiting call joins now
                         admit = self._inbox[:1] if self.stagger_steps else self._inbox[:]
                         del self._inbox[: len(admit)]
-                for call in admit:
-                    self._admit(call, owner)
+                if admit:
+                    self._admit_together(admit, owner)
                     steps_since_admit = 0
                 if not owner:
                     continue
@@ -180,17 +240,11 @@ class EngineLoop:
                         if call.on_done is not None:
                             call.on_done(1)
                         if call.pending == 0:
-                            call.done.set()
+                            self._answer(call)
                 steps_since_admit += 1
         except BaseException as e:  # the engine is gone (EngineDeadError, ...): fail every caller
             log.error("vLLM engine loop stopped: %r", e)
-            with self._cond:
-                self._failed = e
-                waiting = [c for c, _ in owner.values()] + self._inbox
-                self._inbox = []
-            for call in waiting:
-                call.error = e
-                call.done.set()
+            self._fail(e)
 
 
 class Sampler:

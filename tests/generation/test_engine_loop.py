@@ -23,8 +23,18 @@ class StepEngine:
         self.step_no = 0
         self.fail_at_step = fail_at_step
         self.batch_sizes: list[int] = []
+        self.paused = False
+
+    def sleep(self, level, mode):
+        assert (level, mode) == (0, "keep") and not self.paused
+        self.paused = True
+
+    def wake_up(self, tags):
+        assert tags == ["scheduling"] and self.paused
+        self.paused = False
 
     def add_request(self, rid, prompt, params):
+        assert self.paused, "a request reached the engine while its scheduler runs"
         name, steps = prompt
         if steps <= 0:
             raise ValueError(f"{name}: nothing to generate")
@@ -32,6 +42,7 @@ class StepEngine:
         self.admitted_at[name] = self.step_no
 
     def step(self):
+        assert not self.paused
         self.step_no += 1
         if self.fail_at_step is not None and self.step_no >= self.fail_at_step:
             raise RuntimeError("engine core died")
@@ -138,3 +149,63 @@ def test_progress_hears_of_every_request_as_it_finishes_rejected_ones_too():
     assert [o.name for o in (out[0], out[2])] == ["a", "b"]
     # the rejected request at admission (step 0), then b after step 1 and a after step 3
     assert ticks == [(0, 1), (1, 1), (3, 1)]
+
+
+def test_an_engine_that_dies_while_a_call_is_admitted_fails_that_call_too():
+    class DiesAtAdmission(StepEngine):
+        def add_request(self, rid, prompt, params):
+            if prompt[0] == "dead":  # not a request rejection: the engine itself is gone
+                raise RuntimeError("engine core died")
+            super().add_request(rid, prompt, params)
+
+    loop = loop_for(DiesAtAdmission())
+    done = []
+
+    def call():
+        with pytest.raises(EngineFailed, match="engine core died"):
+            loop.run([("dead", 3), ("ok", 2)], params(2))
+        done.append(True)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert done == [True], "the call whose admission hit the dead engine was never answered"
+
+
+def test_a_step_that_never_returns_after_the_core_died_still_fails_every_call(monkeypatch):
+    """vLLM's client marks itself dead when its engine core process is killed, but a step already
+    waiting for that core's output never returns: the loop's watchdog answers the callers."""
+    monkeypatch.setattr(EngineLoop, "WATCH_S", 0.05)
+
+    class KilledCore(StepEngine):
+        def __init__(self):
+            super().__init__()
+            self.dead = threading.Event()
+            self.engine_core = SimpleNamespace(ensure_alive=self.ensure_alive)
+
+        def ensure_alive(self):
+            if self.dead.is_set():
+                raise RuntimeError("EngineCore died")
+
+        def step(self):
+            if self.step_no == 2:
+                self.dead.set()
+                threading.Event().wait()  # blocks forever, as SyncMPClient.get_output does then
+            return super().step()
+
+    loop = loop_for(KilledCore())
+    errors = []
+
+    def call(name):
+        try:
+            loop.run([(name, 10)], params(1))
+        except EngineFailed as e:
+            errors.append(str(e))
+
+    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in "pq"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(errors) == 2 and all("EngineCore died" in e for e in errors)
+    loop.close()  # returns although the loop thread is stuck in the dead engine
