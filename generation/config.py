@@ -46,7 +46,8 @@ class SamplerConfig(BaseModel):
     model: str = Field(BUILTIN_POLICY, description="local HF folder or builtin:smollm2-135m-instruct")
     k: int = Field(8, ge=2, description="responses per prompt (paper: 16); pairing needs at least 2")
     max_tokens: int = Field(128, gt=0, description="max generated tokens per response")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature (>0: k samples must differ)")
+    temperature: float = Field(
+        1.0, gt=0, le=2, description="sampling temperature (>0: k samples must differ; vLLM refuses above 2)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     seed: int = Field(0, description="run seed; each prompt's seed derives from (seed, prompt_id)")
     max_model_len: int | None = Field(

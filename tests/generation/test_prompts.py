@@ -145,3 +145,20 @@ def test_a_folder_or_prefix_of_jsonl_and_parquet_files_is_one_prompt_set(where, 
         load_prompts(PromptsConfig(source=f"{base}/nothing-here"))
     with pytest.raises(PromptError, match=r"no \.jsonl or \.parquet file"):
         load_prompts(PromptsConfig(source=f"{base}/*.csv"))
+
+
+def test_temperature_is_bounded_where_vllm_bounds_it():
+    """vLLM refuses SamplingParams above temperature 2 (VLLMValidationError, not a ValueError): the
+    config says so up front instead of every sampler call failing."""
+    from pydantic import ValidationError
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from generation.config import SamplerConfig
+
+    with pytest.raises(VLLMValidationError, match="temperature"):
+        SamplingParams(temperature=2.5)
+    assert not isinstance(VLLMValidationError("x"), ValueError)
+    with pytest.raises(ValidationError, match="temperature"):
+        SamplerConfig(temperature=2.5)
+    assert SamplingParams(temperature=SamplerConfig(temperature=2).temperature).temperature == 2
