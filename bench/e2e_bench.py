@@ -168,9 +168,9 @@ def phase_pipeline(spec: dict) -> dict:
             log("sampler", "ready")
 
         def __call__(self, batch):
-            log("sampler", "start", rows=batch.num_rows)
+            log("sampler", "start", shards=batch.num_rows)  # a shard is one row (cluster/actors.py)
             out = super().__call__(batch)
-            log("sampler", "end", rows=batch.num_rows)
+            log("sampler", "end", shards=batch.num_rows)
             return out
 
     class TimedScorer(pl.ScorerActor):
@@ -182,9 +182,9 @@ def phase_pipeline(spec: dict) -> dict:
             log("scorer", "ready", torch_threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
 
         def __call__(self, batch):
-            log("scorer", "start", rows=batch.num_rows)
+            log("scorer", "start", shards=batch.num_rows)
             out = super().__call__(batch)
-            log("scorer", "end", rows=batch.num_rows)
+            log("scorer", "end", shards=batch.num_rows)
             return out
 
     pl.SamplerActor, pl.ScorerActor = TimedSampler, TimedScorer
