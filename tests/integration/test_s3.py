@@ -70,17 +70,19 @@ def s3_run(s3_server, tiny_policy, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") or "CHECKSUM" in k} | {
         "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "cluster.run", "--config", str(config)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    first_log = tmp / "first-run.log"   # a file, not a pipe: nobody reads it while the job runs
+    with open(first_log, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         t0 = time.time()
         while not storage.list_files(f"{out}/scored", (".parquet",), recursive=True):
-            assert proc.poll() is None and time.time() - t0 < 300, "no shard committed:\n" + proc.stdout.read()[-3000:]
+            assert proc.poll() is None and time.time() - t0 < 300, "no shard committed:\n" + first_log.read_text()[-3000:]
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)            # the driver, mid-run, from outside
-        first_out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
     finally:
         _kill_group_leftovers(proc)                  # and the local Ray it started, as a lost node would
+    first_out = first_log.read_text()
     partial = _ids(out)
     t1 = time.time()
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
