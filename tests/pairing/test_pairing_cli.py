@@ -164,3 +164,22 @@ def test_sweep_refuses_other_strategies(tmp_path, build, capsys):
     scored = scored_folder(tmp_path, build)
     assert main(["sweep", "--input", str(scored), "--output", str(tmp_path / "r"), "strategy=best-worst"]) == 2
     assert "only rs-dpo" in capsys.readouterr().err
+
+
+def test_pair_validate_and_sweep_take_object_store_uris(s3_bucket, build, capsys):
+    """The pairing CLI on a real S3 server: every input and output an s3:// URI (common/storage.py)."""
+    from common import storage
+
+    run = f"{s3_bucket}/run"
+    scored = f"{run}/scored"
+    write_shard(build.random(30, 6, seed=10, prefix="a"), shard_path(scored, "shard-00000"), SCORED_SCHEMA)
+    write_manifest(scored, {"stage": "scored", "models": {"reward": {"path": "tiny-rm", "sha256": "def"}}})
+    assert main(["--input", scored, "--output", f"{run}/pairs", "tau=0.5"]) == 0
+    assert main(["validate", f"{run}/pairs"]) == 0 and "ok: " in capsys.readouterr().out
+    assert main(["sweep", "--input", scored, "--output", f"{run}/sweep", "--eta", "0.8,0.9", "--tau", "0.5"]) == 0
+    names = {storage.relative(p, run) for p in storage.list_files(run, recursive=True)}
+    assert {"pairs/data/shard-00000.parquet", "pairs/manifest.json", "pairs/README.md", "sweep/sweep.csv",
+            "sweep/README.md", "sweep/pairs_vs_eta.png"} <= names
+    manifest = read_manifest(f"{run}/pairs")
+    assert manifest["inputs"] == ["../scored"] and manifest["models"]["reward"]["path"] == "tiny-rm"
+    assert manifest["counts"]["pairs"] == read_shards(f"{run}/pairs", PAIRS_SCHEMA).num_rows > 0
