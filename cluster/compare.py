@@ -6,8 +6,9 @@ against the SFT policy with the training reward and the independent judge(s).
         [key=value ...]
     make compare
 
+<output_dir>/round-1/{scored,pairs}/   the data job, the same one as the chain's first round
+                              (`make run` first and compare samples and scores nothing again)
 OUT = <output_dir>/compare:
-    data/{scored,pairs}/      the data job (sampled and scored once; resumed like any run)
     STRATEGY/pairs/           the cached scored shards re-paired with STRATEGY (rs-dpo keeps the run's
                               eta / tau / cap; the others keep the cap and the training-length check)
     policies/KEY/{policy,eval}/  one DPO run and one evaluation per distinct pair set: strategies whose
@@ -69,7 +70,8 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
 
     check_dpo_keys(cfg.training)
     out = Path(cfg.out) / "compare"  # local: the policies it trains are model folders
-    data_cfg = cfg.model_copy(deep=True, update={"output_dir": str(out / "data"), "training": None,
+    data_dir = Path(cfg.out) / "round-1"  # where the chain's first round samples and scores: shared with make run
+    data_cfg = cfg.model_copy(deep=True, update={"output_dir": str(data_dir), "training": None,
                                                  "evaluation": None, "rounds": 1})
     data = run_pipeline(data_cfg, fresh=fresh)
     sft = cfg.generation.model
@@ -77,7 +79,7 @@ def compare(cfg: RunConfig, strategies: list[Strategy], *, fresh: bool = False) 
     pair_sets = {}
     for strategy in strategies:
         pcfg = cfg.pairing.model_copy(update={"strategy": strategy})
-        pair_sets[strategy] = pair(str(out / "data" / "scored"), str(out / strategy.value / "pairs"), pcfg)
+        pair_sets[strategy] = pair(str(data_dir / "scored"), str(out / strategy.value / "pairs"), pcfg)
     configured = pair_sets.get(cfg.pairing.strategy) or next(iter(pair_sets.values()))
     steps = dpo_steps(cfg, configured["pairs"])
     tcfg = cfg.training.model_copy(deep=True)
