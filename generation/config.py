@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.assets import BUILTIN_POLICY
 
@@ -60,3 +60,14 @@ class SamplerConfig(BaseModel):
         description="passed to vllm.LLM(**vllm), e.g. tensor_parallel_size, gpu_memory_utilization, "
         "enforce_eager, enable_prefix_caching, dtype. CPU defaults: gpu_memory_utilization=0.25, "
         "enforce_eager=true")
+
+    @field_validator("vllm")
+    @classmethod
+    def _no_pickle_load_format(cls, vllm: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # The pass-through would otherwise override the load_format=safetensors the sampler sets.
+        fmt = vllm.get("load_format", "safetensors")
+        if fmt != "safetensors" and not info.data.get("allow_pickle_weights"):
+            raise ValueError(f"load_format={fmt!r} may load pickle weights (unpickling can run arbitrary code); "
+                             f"set allow_pickle_weights=true for weights you trust, or drop vllm.load_format "
+                             f"(default: safetensors only)")
+        return vllm

@@ -25,6 +25,7 @@ CONFIGS_DIR = Path(__file__).parent / "configs"
 OWNED_DPO_KEYS = {
     "beta": "beta", "max_length": "max_length", "precompute_ref_log_probs": "precompute_ref_log_probs",
     "seed": "seed", "deepspeed": "deepspeed", "output_dir": "--output", "resume_from_checkpoint": "existing",
+    "model_init_kwargs": "dtype / allow_pickle_weights",
 }
 
 # Defaults for the `dpo` pass-through; the user's `dpo` entries win key by key.
@@ -88,6 +89,9 @@ class TrainingConfig(BaseModel):
         "null = full fine-tuning. The saved policy is merged, so vLLM loads it like any other")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="weights dtype when loading; set dpo.bf16=true too for bf16 training on GPU")
+    allow_pickle_weights: bool = Field(
+        False, description="load .bin/.pt (pickle) weights of the policy and reference; by default only "
+        "safetensors load (unpickling a weights file can run arbitrary code)")
     seed: int = Field(0, description="seeds the pair shuffle, initialisation and the data order")
     existing: Existing = Field(Existing.RESUME, description="resume | restart | fail: an output that already "
                                "holds a run")

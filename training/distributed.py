@@ -46,10 +46,6 @@ def setup_process(deepspeed: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def init_deepspeed_comm() -> None:
     """Initialise DeepSpeed's own comm layer before any model is built under `deepspeed.zero.Init`.
 

@@ -22,6 +22,7 @@ DeepSpeed set-up.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from training.checkpoints import (
     check_same_run,
     completed_run,
     prepare_output,
+    work_record,
 )
 from training.config import DeepSpeed, TrainingConfig
 from training.data import cache_pairs, pair_counts, read_pairs, shuffle
@@ -91,7 +93,9 @@ def dpo_config(config: TrainingConfig, output: Path):
         precompute_ref_log_probs=config.precompute_ref_log_probs,
         seed=config.seed,
         deepspeed=str(ds_file) if ds_file else None,
-        model_init_kwargs={"dtype": config.dtype},
+        # TRL loads the policy (and a reference it builds itself) with these; transformers would
+        # otherwise fall back to pickle weights when a folder has no safetensors.
+        model_init_kwargs={"dtype": config.dtype, "use_safetensors": not config.allow_pickle_weights},
     )
 
 
@@ -109,15 +113,24 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
     """
     setup_process(deepspeed=config.deepspeed is not DeepSpeed.NONE)
     output = Path(output).expanduser().resolve()
-    if (done := completed_run(config, output)) is not None:
-        return done
-
-    from datasets import Dataset
-
     policy_path = resolve_model(config.model)
     ref_path = resolve_model(config.reference_model) if config.reference_model else None
     if ref_path is not None and ref_path.resolve() == policy_path.resolve():
         ref_path = None  # the same weights: let TRL use the policy's initial state as the reference
+    for path in (policy_path, ref_path):
+        if path is not None:
+            check_weights_format(path, config.allow_pickle_weights)
+
+    t0 = time.perf_counter()
+    table, digest = read_pairs(pairs)
+    if table.num_rows == 0:
+        raise InputError(f"{pairs}: 0 pairs. Pairing emitted nothing: lower eta / tau for this reward "
+                         f"model's scale (see the pairing manifest) or sample more responses per prompt")
+    models = {"policy_in": model_identity(policy_path), "reference": model_identity(ref_path or policy_path)}
+    work = work_record(config, digest, models["policy_in"]["sha256"], models["reference"]["sha256"],
+                       world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if (done := completed_run(config, output, work)) is not None:
+        return done
 
     resume_from = prepare_output(config, output)
     args = dpo_config(config, output)  # sets up torch.distributed (accelerate) when launched distributed
@@ -126,16 +139,13 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
     if config.deepspeed is not DeepSpeed.NONE:
         init_deepspeed_comm()
 
-    t0 = time.perf_counter()
-    table, digest = read_pairs(pairs)
-    if table.num_rows == 0:
-        raise InputError(f"{pairs}: 0 pairs. Pairing emitted nothing: lower eta / tau for this reward "
-                         f"model's scale (see the pairing manifest) or sample more responses per prompt")
-    check_same_run(output, config, digest, resume_from)
+    check_same_run(output, work, resume_from)
     table = shuffle(table, config.seed)
     counts = pair_counts(table)
     with args.main_process_first(local=True, desc="cache pairs"):
         arrow = cache_pairs(table, digest, output / CACHE, config.seed)
+    from datasets import Dataset
+
     dataset = Dataset.from_file(str(arrow))
     log(f"{counts['pairs']} pairs from {counts['prompts']} prompts ({pairs}); world size {args.world_size}, "
         f"deepspeed {config.deepspeed.value}")
@@ -156,11 +166,8 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
         "config": config.model_dump(mode="json"),
         "dpo_config": {k: v for k, v in args.to_dict().items() if k in config.dpo_kwargs()},
         "world_size": args.world_size,
-        "models": {
-            "policy_in": model_identity(policy_path),
-            "reference": model_identity(ref_path or policy_path),
-            "policy_out": None,
-        },
+        "work": work,
+        "models": {**models, "policy_out": None},
         "counts": counts,
         "resumed_from": resume_from,
         "metrics": {
@@ -180,6 +187,18 @@ def train(config: TrainingConfig, pairs: str, output: str | Path) -> dict[str, A
     return record
 
 
+def check_weights_format(path: Path, allow_pickle: bool) -> None:
+    """Refuse, before any work, a model folder whose weights are only pickle files (unless allowed):
+    transformers would load them, and unpickling a file can run arbitrary code."""
+    if allow_pickle or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+    raise ConfigError(f"{path}: no *.safetensors weights ({', '.join(pickles) or 'no weights file'} only). "
+                      f"Training loads safetensors only, since unpickling .bin/.pt weights can run arbitrary "
+                      f"code: convert the folder (save_pretrained writes safetensors), or set "
+                      f"training.allow_pickle_weights=true for weights you trust")
+
+
 def make_trainer(config: TrainingConfig, args, dataset, policy_path: Path, ref_path: Path | None):
     """TRL's DPOTrainer on the policy folder, with the frozen reference and LoRA the config asks for."""
     import torch
@@ -193,8 +212,9 @@ def make_trainer(config: TrainingConfig, args, dataset, policy_path: Path, ref_p
     ref_model = None
     if ref_path is not None:
         # Loaded after DPOConfig: under ZeRO-3 transformers builds it inside zero.Init, partitioned.
-        ref_model = AutoModelForCausalLM.from_pretrained(ref_path, dtype=getattr(torch, config.dtype)
-                                                         if config.dtype != "auto" else "auto")
+        ref_model = AutoModelForCausalLM.from_pretrained(
+            ref_path, dtype=getattr(torch, config.dtype) if config.dtype != "auto" else "auto",
+            use_safetensors=not config.allow_pickle_weights)
     peft_config = None
     if config.lora is not None:
         from peft import LoraConfig
@@ -220,7 +240,8 @@ def save_policy(trainer, config: TrainingConfig, policy_path: Path, output: Path
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
+                                                    use_safetensors=not config.allow_pickle_weights)
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
         merged.save_pretrained(output, safe_serialization=True)
         trainer.processing_class.save_pretrained(output)

@@ -1,4 +1,4 @@
-"""Reading pairs shards (local paths and URIs, one code path), shuffling, checkpoint discovery."""
+"""Reading pairs shards (local paths and URIs, one code path), shuffling."""
 
 import fsspec
 import numpy as np
@@ -8,7 +8,6 @@ import pytest
 
 from common.shards import ShardError
 from pairing.schema import PAIRS_SCHEMA
-from training.checkpoints import last_checkpoint
 from training.data import pair_counts, read_pairs, shuffle
 
 
@@ -55,25 +54,3 @@ def test_shuffle_is_a_seeded_permutation(pairs_dir):
     assert a.equals(b) and not a.equals(c)
     assert sorted(a["prompt_id"].to_pylist()) == sorted(table["prompt_id"].to_pylist())
     assert not np.array_equal(a["prompt_id"].to_pylist(), table["prompt_id"].to_pylist())
-
-
-def test_last_checkpoint_skips_one_killed_while_saving(tmp_path):
-    assert last_checkpoint(tmp_path) is None
-    for step in (5, 10, 15):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    # checkpoint-15 has no trainer_state.json: the run died while writing it.
-    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
-    assert not (tmp_path / "checkpoint-15").exists()
-
-
-def test_resume_refuses_checkpoints_of_another_run(tmp_path):
-    from training.checkpoints import check_same_run
-    from training.config import TrainingConfig
-
-    ckpt = str(tmp_path / "checkpoints" / "checkpoint-2")
-    check_same_run(tmp_path, TrainingConfig(beta=0.1), "abc", None)      # first attempt records itself
-    check_same_run(tmp_path, TrainingConfig(beta=0.1, dpo={"max_steps": 9}), "abc", ckpt)  # dpo may change
-    with pytest.raises(ValueError, match=r"differs in: beta, pairs_sha256"):
-        check_same_run(tmp_path, TrainingConfig(beta=0.2), "abd", ckpt)

@@ -1,0 +1,20 @@
+"""The sampler's safe default holds through the vLLM pass-through (fast tier): `vllm.load_format`
+cannot bring back pickle weights unless allow_pickle_weights is set."""
+
+import pytest
+
+from common.cli import ConfigError, load_config
+from generation.config import SamplerConfig
+from generation.sampler import engine_kwargs
+
+
+def test_vllm_pass_through_cannot_override_the_safetensors_load_format():
+    # Before, `vllm: {load_format: pt}` replaced load_format=safetensors in the engine arguments.
+    with pytest.raises(ConfigError, match=r"vllm = .*load_format='pt' may load pickle weights.*"
+                                          r"allow_pickle_weights=true"):
+        load_config(SamplerConfig, None, ["vllm.load_format=pt"], section="generation")
+    with pytest.raises(ConfigError, match="load_format='auto'"):  # auto falls back to *.bin / *.pt files
+        load_config(SamplerConfig, None, ["vllm.load_format=auto"], section="generation")
+    assert engine_kwargs(SamplerConfig(vllm={"load_format": "safetensors"}), cpu=True)["load_format"] == "safetensors"
+    allowed = SamplerConfig(allow_pickle_weights=True, vllm={"load_format": "pt"})
+    assert engine_kwargs(allowed, cpu=False)["load_format"] == "pt"
