@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from common import storage
 from common.cli import deep_merge, load_config, parse_overrides, read_yaml, validate
 from common.storage import StorageConfig
-from generation.config import PromptsConfig, SamplerConfig
+from generation.config import PromptsConfig, SamplerConfig, Split
 from pairing.config import PairingConfig
 from rewarding.config import ScorerConfig
 from training.config import EvalConfig, TrainingConfig
@@ -120,13 +120,32 @@ class RunConfig(BaseModel):
                 "needs one GPU per tensor-parallel rank")
         if (self.rounds > 1 or self.evaluation is not None) and self.training is None:
             problems.append("rounds > 1 and evaluation need a `training:` section (what would they evaluate?)")
-        if self.training is not None and self.prompts.source == "builtin:alpaca_eval" and \
-                self.evaluation is not None and self.prompts.split != "train":
-            problems.append("prompts.split must be `train` when evaluating on the AlpacaEval held-out split, "
-                            "or held-out prompts would leak into the pairs")
+        if self.evaluation is not None:
+            problems += self._heldout_rules(self.evaluation.prompts)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _heldout_rules(self, eval_prompts: list[PromptsConfig]) -> list[str]:
+        """An evaluation prompt set drawn from the training prompts' source by the held-out split must
+        be the complement of the training split: training prompts use split=train, and both cut at the
+        same heldout_fraction (the run's, copied into the evaluation's; a different one set there is
+        refused: the two sets would overlap)."""
+        problems = []
+        for n, pc in enumerate(eval_prompts):
+            if pc.source != self.prompts.source or pc.split is not Split.HELDOUT:
+                continue
+            if self.prompts.split is not Split.TRAIN:
+                problems.append(f"prompts.split must be `train` when evaluating on the {pc.source} held-out "
+                                f"split (evaluation.prompts[{n}]), or held-out prompts would leak into the pairs")
+            if "heldout_fraction" in pc.model_fields_set and pc.heldout_fraction != self.prompts.heldout_fraction:
+                problems.append(
+                    f"evaluation.prompts[{n}].heldout_fraction={pc.heldout_fraction} differs from "
+                    f"prompts.heldout_fraction={self.prompts.heldout_fraction}: the held-out prompts would "
+                    f"overlap the training prompts. Drop it there (the evaluation takes the run's) or set both "
+                    f"to the same value")
+            pc.heldout_fraction = self.prompts.heldout_fraction
+        return problems
 
     def fingerprint(self) -> str:
         """What must match for a resumed run to extend, not contradict, earlier shards."""

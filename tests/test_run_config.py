@@ -105,3 +105,30 @@ def test_an_object_store_output_dir_is_a_run_folder_and_its_keys_stay_secret():
     assert cfg.fingerprint() == load_config(RunConfig, None, ["output_dir=s3://bucket/rsdpo/run1"]).fingerprint()
     with pytest.raises(ConfigError, match="policy, a model folder"):
         load_config(RunConfig, None, ["output_dir=s3://bucket/run", "training.num_workers=1"])
+
+
+def test_evaluation_heldout_split_is_the_complement_of_the_training_prompts():
+    """Before, the evaluation's AlpacaEval held-out split kept its own heldout_fraction (0.2): with
+    prompts.heldout_fraction=0.4 the training split (the 60 % outside a 40 % bucket) and the evaluation
+    set (a 20 % bucket) no longer partition the prompts, and nothing said so."""
+    from generation.config import Split
+    from generation.prompts import load_prompts
+
+    cfg = load_config(RunConfig, "cluster/configs/default.yaml",
+                      ["prompts.heldout_fraction=0.4", "prompts.subsets=null", "prompts.limit=null"])
+    heldout = [pc for pc in cfg.evaluation.prompts if pc.split is Split.HELDOUT]
+    assert [pc.heldout_fraction for pc in heldout] == [0.4]  # the run's, propagated
+    train_ids = set(load_prompts(cfg.prompts).table.column("prompt_id").to_pylist())
+    eval_ids = set(load_prompts(heldout[0]).table.column("prompt_id").to_pylist())
+    assert train_ids and eval_ids and not train_ids & eval_ids
+    assert len(train_ids | eval_ids) == 805  # together: all of AlpacaEval
+    # A held-out fraction set on the evaluation's own prompt set that contradicts the run's is refused.
+    with pytest.raises(ConfigError, match=r"evaluation.prompts\[0\].heldout_fraction=0.1 differs from "
+                                          r"prompts.heldout_fraction=0.4: the held-out prompts would overlap"):
+        load_config(RunConfig, "cluster/configs/default.yaml", [
+            "prompts.heldout_fraction=0.4",
+            "evaluation.prompts=[{source: builtin:alpaca_eval, split: heldout, heldout_fraction: 0.1}]"])
+    # The same value, or another source, is fine.
+    load_config(RunConfig, "cluster/configs/default.yaml", [
+        "prompts.heldout_fraction=0.4", "evaluation.prompts=[{source: builtin:alpaca_eval, split: heldout, "
+        "heldout_fraction: 0.4}, {source: builtin:mt_bench, heldout_fraction: 0.1}]"])
