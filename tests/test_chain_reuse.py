@@ -35,3 +35,20 @@ def test_training_differences_name_the_work_that_changed(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert training_differences(tmp_path, work) is None  # finished, same work: reuse
     assert training_differences(tmp_path, other) == ["dpo"]
+
+
+def test_a_policy_folder_keeps_its_identity_when_its_manifest_is_written(tiny_policy, tmp_path):
+    """Training records policy_out before it writes manifest.json into the same folder; the next round's
+    data job and the chain's work record hash the folder after. Before, the manifest was hashed too,
+    so round 2 never matched the identity round 1 recorded for its own policy."""
+    import shutil
+
+    from common.assets import model_identity
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_policy, policy)
+    before = model_identity(policy)["sha256"]
+    write_manifest(policy, {"stage": "training", "status": "complete"})
+    assert model_identity(policy)["sha256"] == before
+    (policy / "config.json").write_text((policy / "config.json").read_text() + " ")
+    assert model_identity(policy)["sha256"] != before
