@@ -65,9 +65,9 @@ def test_round_two_samples_from_and_is_held_to_round_one(two_rounds, tiny_policy
     assert one["metrics"]["global_step"] == two["metrics"]["global_step"] == 2
 
 
-def test_the_same_config_reuses_a_new_learning_rate_retrains(two_rounds):
-    """Before, an existing policy was reused whatever the config: a new learning rate (or --fresh)
-    reported the old policy."""
+def test_the_same_config_reuses_a_new_learning_rate_or_fresh_retrains(two_rounds):
+    """Before, an existing policy was reused whatever the config: a new learning rate, or --fresh (which
+    regenerated the data), reported the old policy."""
     config, out, _ = two_rounds
     written = {i: read_manifest(out / f"round-{i}" / "policy")["written_at"] for i in (1, 2)}
     again = chain(config)
@@ -79,3 +79,8 @@ def test_the_same_config_reuses_a_new_learning_rate_retrains(two_rounds):
     one = read_manifest(out / "round-1" / "policy")
     assert one["dpo_config"]["learning_rate"] == 5e-4 and one["written_at"] != written[1]
     assert one["work"]["config"]["dpo"]["learning_rate"] == 5e-4
+
+    # --fresh redoes the round: its data and its policy, though the work is the same.
+    fresh = chain(config, "--fresh", "training.dpo.learning_rate=0.0005", "rounds=1")
+    assert "0 already committed" in fresh.stdout and "DPO on" in fresh.stdout
+    assert read_manifest(out / "round-1" / "policy")["written_at"] != one["written_at"]
