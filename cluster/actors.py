@@ -39,6 +39,8 @@ T_SAMPLE = "_t_sample"
 T_SCORE = "_t_score"
 ENGINE_BUSY = "_engine_busy"   # the sampler actor's engine-step seconds so far (cumulative)
 SAMPLER_ID = "_sampler_id"     # which sampler actor: busy seconds add up per actor
+SAMPLER_NODE = "_sampler_node"  # the Ray node id the shard was sampled on (placement, in the manifest)
+SCORER_NODE = "_scorer_node"    # ... and scored on
 
 
 def pack(table: pa.Table, meta: dict[str, str | float]) -> pa.Table:
@@ -65,6 +67,9 @@ class SamplerActor:
         from generation.sampler import Sampler
 
         self.sampler = Sampler(SamplerConfig.model_validate(config), shards_in_flight=shards_in_flight)
+        ctx = ray.get_runtime_context()
+        self.actor_id = ctx.get_actor_id() or str(os.getpid())
+        self.node_id = ctx.get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from generation.sampler import EngineFailed
@@ -82,7 +87,7 @@ class SamplerActor:
             # With shards in flight this is the shard's latency (queueing included), not engine time;
             # the engine's busy seconds travel separately.
             rows.append(pack(out, meta | {T_SAMPLE: time.perf_counter() - t0, ENGINE_BUSY: self.sampler.loop.busy_s,
-                                          SAMPLER_ID: ray.get_runtime_context().get_actor_id() or str(os.getpid())}))
+                                          SAMPLER_ID: self.actor_id, SAMPLER_NODE: self.node_id}))
         return pa.concat_tables(rows)
 
 
@@ -93,13 +98,14 @@ class ScorerActor:
         from rewarding.scorer import Scorer
 
         self.scorer = Scorer(ScorerConfig.model_validate(config))
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
         for meta, table in unpack(batch):
             t0 = time.perf_counter()
             out = self.scorer(table)
-            rows.append(pack(out, meta | {T_SCORE: time.perf_counter() - t0}))
+            rows.append(pack(out, meta | {T_SCORE: time.perf_counter() - t0, SCORER_NODE: self.node_id}))
         return pa.concat_tables(rows)
 
 
@@ -129,6 +135,7 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict, storage_config: S
             "reward_truncated": sum(scored.column(REWARD_TRUNCATED).to_pylist()),
             "output_tokens": sum(sum(t) for t in scored.column(NUM_TOKENS).to_pylist()),
             "t_sample": meta[T_SAMPLE], "t_score": meta[T_SCORE], "engine_busy": meta[ENGINE_BUSY],
-            "sampler_id": meta[SAMPLER_ID], "t_pair": t_pair, "committed_at": time.time(),
+            "sampler_id": meta[SAMPLER_ID], "sampler_node": meta[SAMPLER_NODE], "scorer_node": meta[SCORER_NODE],
+            "t_pair": t_pair, "committed_at": time.time(),
         })
     return pa.Table.from_pylist(summaries)

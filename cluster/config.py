@@ -28,6 +28,10 @@ class RoundReference(StrEnum):
     PREVIOUS = "previous"  # round i+1's reference is round i's policy (the model it samples from)
 
 
+# Resources Ray defines itself: `ray start --resources` and actor options refuse them as custom ones.
+RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
 class ResourcesConfig(BaseModel):
     """How the stages map onto the Ray cluster (Ray Data actor pools)."""
 
@@ -40,13 +44,34 @@ class ResourcesConfig(BaseModel):
         2, ge=1, description="shards each sampler engine works on at once: their requests share engine steps "
         "(continuous batching), so the engine stays full across shard boundaries; shards are admitted "
         "max_tokens/N engine steps apart so they finish one after another, not in bursts")
+    sampler_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each sampler actor reserves, e.g. {sampler_node: 1}: "
+        "pins samplers to the nodes started with that resource (`ray start --resources`), as a node pool or GPU "
+        "type would; a node's amount caps how many samplers it takes. Empty = any node")
     scorer_replicas: int = Field(1, ge=1, description="reward-model actors")
     scorer_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per scorer actor")
     scorer_num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per scorer actor")
+    scorer_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each scorer actor reserves (as sampler_resources)")
     writer_num_cpus: float = Field(0.25, gt=0, description="CPUs per shard-writer task")
     num_cpus: int | None = Field(None, gt=0, description="local cluster only: CPUs Ray may use (default: all)")
     max_actor_restarts: int = Field(
         3, ge=0, description="restarts of a dead sampler/scorer actor (its batch is retried) before the job fails")
+
+    @model_validator(mode="after")
+    def _custom_resources(self) -> ResourcesConfig:
+        problems = []
+        for name in ("sampler_resources", "scorer_resources"):
+            for key, amount in getattr(self, name).items():
+                if key in RAY_BUILTIN_RESOURCES:
+                    problems.append(f"resources.{name}.{key}: Ray's own resource; use the {name.split('_')[0]}_num_* "
+                                    f"fields for CPUs and GPUs")
+                elif amount <= 0:
+                    problems.append(f"resources.{name}.{key} = {amount}: must be > 0 (it is the amount each actor "
+                                    f"reserves; leave the key out to not ask for it)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 # Sections whose `seed` is the run's: a stage run alone from a run config gets the same seed.

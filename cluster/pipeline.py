@@ -63,6 +63,26 @@ class ErrorRateExceeded(RuntimeError):
     pass
 
 
+class NodeLost(RuntimeError):
+    """A Ray node died under the job and Ray Data gave up on the work it held; the message names it."""
+
+
+# What Ray raises to the driver when a node vanishes with an actor or the blocks it held.
+NODE_LOSS_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, ray.exceptions.NodeDiedError)
+
+
+def lost_nodes(alive_before: set[str], wait_s: float = 40.0) -> list[dict]:
+    """Nodes alive when the job started and dead now. An actor's RPCs fail as soon as its node goes,
+    but the GCS marks the node dead only once its health checks fail (about 15 s by default), so
+    wait up to `wait_s` for that."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        gone = [n for n in ray.nodes() if n["NodeID"] in alive_before and not n["Alive"]]
+        if gone or time.monotonic() > deadline:
+            return gone
+        time.sleep(1)
+
+
 # Ray Data's block prefetcher thread parks on a condition until fed, and is stopped only when an
 # iteration runs to its end; after an early stop nothing feeds it, so it is not waited for.
 PARKED_RAY_DATA_THREADS = frozenset({"Prefetcher"})
@@ -139,7 +159,10 @@ def build_dataset(cfg: RunConfig, todo: list[tuple[str, pa.Table]]) -> ray.data.
     out, r = cfg.out, cfg.resources
     # one block per shard, each one row (cluster/actors.py: a shard can never be split)
     ds = ray.data.from_arrow([pack(t, {SHARD: name}) for name, t in todo])
-    common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True,
+    # batch_size=1: one row, so one shard, per call. Ray Data refuses batch_size=None (the whole
+    # block) for a stage that asks for GPUs ("You must provide `batch_size` to `map_batches` when
+    # requesting GPUs"), and a row count over prompts would bundle small tail shards together.
+    common = {"batch_size": 1, "batch_format": "pyarrow", "zero_copy_batch": True,
               "runtime_env": {"env_vars": WORKER_ENV}}
     # A dead actor (pre-emption, OOM kill, segfault) is restarted and its batch retried, a
     # bounded number of times, so a deterministic crash fails the job instead of looping.
@@ -151,12 +174,12 @@ def build_dataset(cfg: RunConfig, todo: list[tuple[str, pa.Table]]) -> ray.data.
         max_concurrent_calls_per_actor=in_flight, enable_true_multi_threading=in_flight > 1)
     ds = ds.map_batches(SamplerActor, fn_constructor_kwargs={"config": cfg.generation.model_dump(mode="json"),
                                                              "shards_in_flight": in_flight},
-                        compute=sampler_pool,
-                        num_cpus=r.sampler_num_cpus, num_gpus=r.sampler_num_gpus, **retry, **common)
+                        compute=sampler_pool, num_cpus=r.sampler_num_cpus, num_gpus=r.sampler_num_gpus,
+                        resources=r.sampler_resources or None, **retry, **common)
     ds = ds.map_batches(ScorerActor, fn_constructor_kwargs={"config": cfg.rewarding.model_dump(mode="json")},
                         compute=ray.data.ActorPoolStrategy(size=r.scorer_replicas),
-                        num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus, **retry,
-                        **common | {"runtime_env": {"env_vars": scorer_env(r.scorer_num_cpus)}})
+                        num_cpus=r.scorer_num_cpus, num_gpus=r.scorer_num_gpus, resources=r.scorer_resources or None,
+                        **retry, **common | {"runtime_env": {"env_vars": scorer_env(r.scorer_num_cpus)}})
     # the storage section travels as the model (keys included) in the task's arguments, never in an
     # environment variable or a log line
     return ds.map_batches(commit_shard, fn_kwargs={"out_dir": out, "pairing": cfg.pairing.model_dump(mode="json"),
@@ -193,6 +216,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
         n_prompts = sum(t.num_rows for _, t in todo)
         seen = errors = 0
         threads_before = set(threading.enumerate())
+        alive_before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         rows = iter(ds.iter_rows())
         try:
             for row in rows:
@@ -209,14 +233,21 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
                         f"{errors} of {seen} prompts failed ({errors / seen:.0%} > max_error_rate "
                         f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
                         f"column of {storage.join(out, 'scored')} and fix the input or config, then re-run to resume.")
-        except BaseException:
+        except BaseException as e:
             # Stopped early (error rate, Ctrl-C, a stage that gave up): end this job's tasks first,
             # since a writer killed mid-file leaves its temp file, then clear those, so the folders
             # hold committed shards only. A Ray session this process did not open is left running.
             end_iteration(rows, threads_before)
+            gone = lost_nodes(alive_before) if isinstance(e, NODE_LOSS_ERRORS) else []
             if state.address != "existing":
                 ray.shutdown()
             clear_temps(out)
+            if gone:
+                names = ", ".join(f"{n['NodeManagerAddress']} (node id {n['NodeID']})" for n in gone)
+                raise NodeLost(
+                    f"lost Ray node {names} while the job ran ({type(e).__name__}); the "
+                    f"{len(done) + len(state.committed)} shards committed so far are kept in {out}. Submit the "
+                    f"same command again: it runs only the shards still missing") from e
             raise
     return finish(state)
 
@@ -283,6 +314,9 @@ def finish(state: RunState) -> dict:
         "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
         "counts": counts, "throughput": _rates(state.committed, wall), "ray_address": state.address,
         "error_rows": totals["error_rows"], "warnings": warnings,
+        # where each shard this invocation committed ran: Ray node ids (`ray list nodes` maps them to hosts)
+        "placement": [{k: row[k] for k in ("shard", "sampler_id", "sampler_node", "scorer_node")}
+                      for row in sorted(state.committed, key=lambda row: row["shard"])],
         "raw_threshold": raw_threshold(cfg.pairing.tau, cfg.pairing.eta),
     }
     scored, pairs = storage.join(out, "scored"), storage.join(out, "pairs")

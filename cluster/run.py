@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if (problem := check_output_location(cfg)) is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from cluster.pipeline import ErrorRateExceeded, run_pipeline
+    from cluster.pipeline import ErrorRateExceeded, NodeLost, run_pipeline
     from cluster.plan import RunRefused
     from generation.prompts import PromptError
 
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunRefused, ErrorRateExceeded, PromptError, FileNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NodeLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     c = run["counts"]
     print(json.dumps({"counts": c, "throughput": run["throughput"]}, indent=2))
     print(f"[rsdpo] done: {c['rows_out']} prompts scored ({c['row_errors']} row errors, {c['quarantined']} "

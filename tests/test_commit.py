@@ -4,7 +4,18 @@ row through the job, and its commit writes pairs then scored, locally or on a re
 import numpy as np
 import pyarrow as pa
 
-from cluster.actors import ENGINE_BUSY, SAMPLER_ID, SHARD, T_SAMPLE, T_SCORE, commit_shard, pack, unpack
+from cluster.actors import (
+    ENGINE_BUSY,
+    SAMPLER_ID,
+    SAMPLER_NODE,
+    SCORER_NODE,
+    SHARD,
+    T_SAMPLE,
+    T_SCORE,
+    commit_shard,
+    pack,
+    unpack,
+)
 from common import storage
 from common.shards import read_shard
 from common.storage import StorageConfig
@@ -12,7 +23,8 @@ from generation import schema as g
 from pairing.schema import PAIRS_SCHEMA
 from rewarding import schema as rs
 
-META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", T_SCORE: 0.5}
+META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", SAMPLER_NODE: "node-a", T_SCORE: 0.5,
+        SCORER_NODE: "node-b"}
 
 
 def _scored(n: int, k: int = 4, seed: int = 0) -> pa.Table:

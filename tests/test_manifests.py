@@ -2,6 +2,7 @@
 with a run config that exists and validates, and the cluster it describes can hold that config
 (GPUs per node and in total, the shared volume every path in the config lives on, no hub)."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -47,23 +48,41 @@ def _config_of(command: str) -> RunConfig:
     return load_config(RunConfig, cfg_path)
 
 
-def _k8s_gpu_groups(doc: dict) -> tuple[dict, list[tuple[int, int]]]:
-    """(cluster spec, [(pods, GPUs per pod)]) of a RayJob or RayCluster."""
+def _k8s_gpu_groups(doc: dict) -> tuple[dict, list[tuple[int, int, dict]]]:
+    """(cluster spec, [(pods, GPUs per pod, custom resources per pod)]) of a RayJob or RayCluster."""
     spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
     groups = []
     for g in spec["workerGroupSpecs"]:
         limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
-        groups.append((g["replicas"], int(limits.get("nvidia.com/gpu", 0))))
+        # KubeRay passes rayStartParams.resources to `ray start --resources` as a quoted JSON string
+        custom = json.loads(json.loads(g["rayStartParams"]["resources"])) if "resources" in g["rayStartParams"] else {}
+        groups.append((g["replicas"], int(limits.get("nvidia.com/gpu", 0)), custom))
     return spec, groups
 
 
-def _check_fits(cfg: RunConfig, groups: list[tuple[int, int]], where: str) -> None:
+def _check_fits(cfg: RunConfig, groups: list[tuple[int, int, dict]], where: str) -> None:
+    """GPUs per node and in total; with node pools, every actor a place in its pool: samplers fill the
+    nodes of their pool (those without the scorers' pool first), scorers the GPUs left."""
     r = cfg.resources
-    per_node = max(gpus for _, gpus in groups)
-    total = sum(n * gpus for n, gpus in groups)
+    per_node = max(gpus for _, gpus, _ in groups)
+    total = sum(n * gpus for n, gpus, _ in groups)
     need = r.sampler_replicas * r.sampler_num_gpus + r.scorer_replicas * r.scorer_num_gpus
     assert r.sampler_num_gpus <= per_node, f"{where}: a sampler needs {r.sampler_num_gpus} GPUs on one node"
     assert need <= total, f"{where}: the config asks for {need} GPUs, the cluster has {total}"
+
+    def fit(free_gpus: float, have: dict, want: dict, gpus: float) -> int:
+        caps = [have.get(k, 0) // v for k, v in want.items()] + ([free_gpus // gpus] if gpus else [])
+        return int(min(caps)) if caps else 10**6
+
+    nodes = sorted((node for n, gpus, custom in groups for node in [(gpus, custom)] * n),
+                   key=lambda node: any(k in node[1] for k in r.scorer_resources))
+    samplers_left, scorers = r.sampler_replicas, 0
+    for gpus, custom in nodes:
+        n = min(samplers_left, fit(gpus, custom, r.sampler_resources, r.sampler_num_gpus))
+        samplers_left -= n
+        scorers += fit(gpus - n * r.sampler_num_gpus, custom, r.scorer_resources, r.scorer_num_gpus)
+    assert samplers_left == 0, f"{where}: {samplers_left} samplers find no node with {r.sampler_resources} and GPUs"
+    assert scorers >= r.scorer_replicas, f"{where}: room for {scorers} of {r.scorer_replicas} scorers"
 
 
 def _check_paths_shared(cfg: RunConfig, where: str) -> None:
@@ -143,7 +162,7 @@ def test_ray_up_yaml_is_a_valid_cluster_config_that_fits_its_config():
     raw = yaml.safe_load(path.read_text())
     validate_config(prepare_config(raw))  # Ray's own schema, as `ray up` checks it (offline)
     gpu_type = {"p5.48xlarge": 8, "p4d.24xlarge": 8, "p4de.24xlarge": 8}
-    groups = [(t["min_workers"], gpu_type.get(t["node_config"]["InstanceType"], 0))
+    groups = [(t["min_workers"], gpu_type.get(t["node_config"]["InstanceType"], 0), t.get("resources", {}))
               for t in raw["available_node_types"].values() if t.get("max_workers", 0) > 0]
     assert f"-v /fsx:{SHARED}" in raw["docker"]["run_options"]
     assert "-e HF_HUB_OFFLINE=1" in raw["docker"]["run_options"]

@@ -132,3 +132,16 @@ def test_evaluation_heldout_split_is_the_complement_of_the_training_prompts():
     load_config(RunConfig, "cluster/configs/default.yaml", [
         "prompts.heldout_fraction=0.4", "evaluation.prompts=[{source: builtin:alpaca_eval, split: heldout, "
         "heldout_fraction: 0.4}, {source: builtin:mt_bench, heldout_fraction: 0.1}]"])
+
+
+def test_custom_resources_pin_stages_and_refuse_rays_own():
+    cfg = load_config(RunConfig, None, ["resources.sampler_resources.sampler_node=1",
+                                        "resources.scorer_resources={scorer_node: 0.5}"])
+    assert cfg.resources.sampler_resources == {"sampler_node": 1.0}
+    assert cfg.resources.scorer_resources == {"scorer_node": 0.5}
+    # placement does not change outputs: a run resumes on another layout
+    assert cfg.fingerprint() == RunConfig().fingerprint()
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, None, ["resources.sampler_resources.GPU=1", "resources.scorer_resources.pool=0"])
+    assert "resources.sampler_resources.GPU: Ray's own resource" in str(e.value)
+    assert "resources.scorer_resources.pool = 0.0: must be > 0" in str(e.value)

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cluster.actors import ENGINE_BUSY, SAMPLER_ID, SHARD, T_SAMPLE, T_SCORE, commit_shard, pack
+from cluster.actors import (
+    ENGINE_BUSY,
+    SAMPLER_ID,
+    SAMPLER_NODE,
+    SCORER_NODE,
+    SHARD,
+    T_SAMPLE,
+    T_SCORE,
+    commit_shard,
+    pack,
+)
 from cluster.config import RunConfig
 from cluster.pipeline import RunState, finish
 from common.manifest import read_manifest
@@ -20,7 +30,8 @@ from pairing.card import COUNT_LABELS
 
 def _batch(table: pa.Table, shard: str) -> pa.Table:
     """A shard as the scorer actors hand it on: one row (cluster/actors.py)."""
-    return pack(table, {SHARD: shard, T_SAMPLE: 1.0, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", T_SCORE: 0.5})
+    return pack(table, {SHARD: shard, T_SAMPLE: 1.0, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", SAMPLER_NODE: "node-a",
+                        T_SCORE: 0.5, SCORER_NODE: "node-b"})
 
 
 def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_path, build):
@@ -54,4 +65,8 @@ def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_
     assert "Made by `rsdpo run (the cluster pipeline)`" in card and "license: cc-by-nc-4.0" in card
     assert f"| candidate ordered pairs evaluated | {manifest['counts']['candidates_evaluated']} |" in card
     assert "- policy: `policy-sft`" in card and "/models/" not in card and str(tmp_path) not in card
-    assert json.loads((out / "manifest.json").read_text())["raw_threshold"] == manifest["raw_threshold"]
+    run_manifest = json.loads((out / "manifest.json").read_text())
+    assert run_manifest["raw_threshold"] == manifest["raw_threshold"]
+    # where this session's shard ran (the earlier session's shard is not this run's to report)
+    assert run_manifest["placement"] == [{"shard": "shard-00001", "sampler_id": "actor-1", "sampler_node": "node-a",
+                                          "scorer_node": "node-b"}]
