@@ -234,7 +234,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
                         f"{cfg.max_error_rate:.0%}); committed shards are kept in {out}. Inspect the `error` "
                         f"column of {storage.join(out, 'scored')} and fix the input or config, then re-run to resume.")
         except BaseException as e:
-            # Stopped early (error rate, Ctrl-C, a stage that gave up): end this job's tasks first,
+            # Stopped early (error rate, Ctrl-C, SIGTERM, a stage that gave up): end this job's tasks first,
             # since a writer killed mid-file leaves its temp file, then clear those, so the folders
             # hold committed shards only. A Ray session this process did not open is left running.
             end_iteration(rows, threads_before)

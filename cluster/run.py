@@ -5,6 +5,11 @@ Run directly (starts a local Ray cluster):
 Submitted to an existing cluster (joins it via RAY_ADDRESS, which `ray job submit` sets):
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m cluster.run --config cluster/configs/default.yaml
+
+One driver at a time per output_dir (common/lock.py): a second one is refused (exit 2) naming
+the holder; `--break-lock` takes over a lock whose holder is known to be gone. SIGTERM
+(pre-emption, `kill`, `ray job stop`) stops the job as Ctrl-C does: its tasks end, temp files
+are removed, committed shards stay, and the driver exits with status 143; a re-run resumes.
 """
 
 from __future__ import annotations
@@ -12,13 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from cluster.config import RunConfig
 from common import storage
 from common.cli import ConfigError, config_help, load_config
+from common.lock import OutputLock, OutputLocked
 from common.logs import add_log_level, setup_logging
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"
+
+
+class Terminated(SystemExit):
+    """SIGTERM reached the driver: unwinds the job like Ctrl-C (run_pipeline cleans up on any
+    BaseException), and exits 143 if nothing catches it."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # One stop at a time: a second SIGTERM must not cut the clean-up of the first short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(EXIT_TERMINATED)
 
 
 def submitted_job() -> bool:
@@ -45,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="run config YAML (cluster/configs/*.yaml)")
     ap.add_argument("--fresh", action="store_true", help="discard shards of an earlier, different run in output_dir")
+    ap.add_argument("--break-lock", action="store_true",
+                    help="take over output_dir's driver lock from a driver known to be gone (see common/lock.py)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")
     add_log_level(ap)
     args = ap.parse_args(argv)
@@ -62,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.plan import RunRefused
     from generation.prompts import PromptError
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # cluster.session.connect keeps it past ray.init
+    storage.configure(cfg.storage)  # the lock of an object-store output_dir is an object there
+    # A lost lock (another driver broke it) stops this one the way a pre-emption does.
+    lock = OutputLock.at(cfg.out, on_lost=lambda _: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        lock.acquire(break_lock=args.break_lock)
+    except OutputLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         if cfg.training is not None:
             from cluster.chain import run_chain
@@ -81,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except NodeLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except Terminated:
+        print(f"[rsdpo] stopped by SIGTERM: committed shards are kept in {cfg.out}, temp files removed; "
+              f"re-run the same command to resume", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
+    finally:
+        lock.release()
     c = run["counts"]
     print(json.dumps({"counts": c, "throughput": run["throughput"]}, indent=2))
     print(f"[rsdpo] done: {c['rows_out']} prompts scored ({c['row_errors']} row errors, {c['quarantined']} "

@@ -6,6 +6,8 @@ every worker of this project gets.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import ray
@@ -39,15 +41,22 @@ def connect(num_cpus: int | None = None) -> str:
     `num_cpus` CPUs (default: all). Returns the address, "local", or "existing"."""
     if ray.is_initialized():
         return "existing"
+    # ray.init replaces the driver's SIGTERM handler with its own (sys.exit); a driver that set one
+    # (cluster/run.py: stop cleanly, exit 143) keeps it.
+    handler = signal.getsignal(signal.SIGTERM)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return os.environ["RAY_ADDRESS"]
-    # Workers of a local cluster import this repo's packages (actors, Ray Train workers).
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": WORKER_ENV | {"PYTHONPATH": path},
-                          "worker_process_setup_hook": "cluster.session.quiet_local_worker"})
-    return "local"
+        address = os.environ["RAY_ADDRESS"]
+    else:
+        # Workers of a local cluster import this repo's packages (actors, Ray Train workers).
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": WORKER_ENV | {"PYTHONPATH": path},
+                              "worker_process_setup_hook": "cluster.session.quiet_local_worker"})
+        address = "local"
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+    return address
 
 
 def quiet_local_worker() -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,48 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, tiny_policy)
     pair_files = sorted(p.name for p in (out / "pairs" / "data").glob("*.parquet"))
     assert pair_files == sorted(p.name for p in (out / "scored" / "data").glob("*.parquet"))
     assert json.loads((out / "manifest.json").read_text())["counts"]["balanced"]
+
+
+STOP_S = 60  # SIGTERM to exit, bounded: end_iteration waits up to 30 s for Ray Data's threads
+
+
+def test_second_driver_is_refused_and_sigterm_stops_the_first_cleanly(tmp_path, tiny_policy):
+    """Two real drivers on one output_dir: the second is refused, naming the first (host, pid). SIGTERM,
+    as a pre-emption sends it, then ends the first within STOP_S with exit 143, committed shards
+    intact and no temp file or lock left; a re-run completes with every prompt exactly once."""
+    n = 24
+    prompts = tmp_path / "many.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Name fact {i} about rivers.", "prompt_id": f"r{i:02d}"}) + "\n"
+                               for i in range(n)))
+    config, out = _config(tmp_path, tiny_policy, prompts={"source": str(prompts)}, generation={"max_tokens": 24})
+    first = _start(config)
+    try:
+        _wait_for(first, "already committed")  # printed once the lock is held and the plan written
+        second = subprocess.run([sys.executable, "-m", "cluster.run", "--config", str(config)], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        assert "another driver is running on this output folder" in second.stderr
+        assert f"host {socket.gethostname()}, pid {first.pid}, started " in second.stderr
+        _wait_for(first, "committed shard-")
+        t0 = time.monotonic()
+        first.send_signal(signal.SIGTERM)  # the driver only, as a pre-emption notice reaches it
+        rest, _ = first.communicate(timeout=STOP_S + 60)
+        stop_s = time.monotonic() - t0
+    finally:
+        _kill_group_leftovers(first)
+    assert first.returncode == 143, rest[-4000:]
+    assert "stopped by SIGTERM" in rest and stop_s < STOP_S, (stop_s, rest[-2000:])
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")] and not (out / ".rsdpo-driver.lock").exists()
+    committed = _ids(out)  # every committed shard reads whole
+    assert 0 < len(committed) < n and len(committed) == len(set(committed))
+    shards = len(list((out / "scored" / "data").glob("*.parquet")))
+
+    res = subprocess.run([sys.executable, "-m", "cluster.run", "--config", str(config)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert f"{shards} already committed" in res.stdout
+    assert sorted(_ids(out)) == [f"r{i:02d}" for i in range(n)]
+    print(f"SIGTERM -> exit 143 in {stop_s:.1f}s with {len(committed)}/{n} prompts committed")
 
 
 def test_killed_sampler_actor_is_restarted_and_job_completes(tmp_path, tiny_policy):
