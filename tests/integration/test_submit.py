@@ -10,14 +10,11 @@ would kill every Ray process on the machine, including other people's local clus
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -25,12 +22,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from ray_jobs import PROGRESS, RAY, ROOT, logs, submit, wait
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-PY = Path(sys.executable)             # the .venv interpreter, unresolved (resolving drops the venv)
-RAY = PY.parent / "ray"
-PROGRESS = re.compile(r"\[rsdpo\] committed (shard-\d{5}):")
 N_PROMPTS, SHARD_SIZE, K = 8, 4, 4
 
 
@@ -56,11 +50,6 @@ def _free_ports(n: int) -> list[int]:
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def _ray(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
-    return subprocess.run([str(RAY), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
-
-
 class Head:
     """A single-node Ray cluster owned by this test: `ray start --head --block` as a child process."""
 
@@ -68,8 +57,7 @@ class Head:
         self.gcs_port, self.dash_port, agent_http, agent_grpc, metrics, runtime_env = _free_ports(6)
         self.temp_dir = temp_dir
         self.dashboard = f"http://127.0.0.1:{self.dash_port}"
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
-        env |= {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
+        env = self.env() | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
                 "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # no 30 s drain wait at teardown
         self.log = open(temp_dir / "head.log", "w")  # closed in stop()
         self.proc = subprocess.Popen(
@@ -91,10 +79,20 @@ class Head:
             assert self.proc.poll() is None, f"ray start exited: {(self.temp_dir / 'head.log').read_text()[-3000:]}"
             # The Jobs API answers once the dashboard is up; the CLI sends Ray's auth token
             # (~/.ray/auth_token: token authentication is on by default).
-            if _ray("job", "list", "--address", self.dashboard).returncode == 0:
+            if self.ray("job", "list", "--address", self.dashboard).returncode == 0:
                 return
             time.sleep(1)
         raise TimeoutError(f"Ray head not ready after {timeout}s: {(self.temp_dir / 'head.log').read_text()[-3000:]}")
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
+
+    def ray_argv(self, *args: str) -> list[str]:
+        return [str(RAY), *args]
+
+    def ray(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(self.ray_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              env=self.env())
 
     def track(self) -> None:
         """Remember the head's descendants (workers, job drivers, vLLM engine processes): a process
@@ -160,69 +158,6 @@ def job_config(tiny_policy, tmp_path_factory):
     return path, cfg
 
 
-def _submit(head: Head, config: Path, *overrides: str) -> tuple[str, str]:
-    """`ray job submit --no-wait` of the job; returns (submission id, the CLI's output)."""
-    sid = f"rsdpo-test-{time.time_ns()}"
-    res = _ray("job", "submit", "--address", head.dashboard, "--submission-id", sid, "--no-wait",
-               "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": {"HF_HUB_OFFLINE": "1"}}),
-               "--", str(PY), "-m", "cluster.run", "--config", str(config), *overrides, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return sid, res.stdout + res.stderr
-
-
-def _status(head: Head, sid: str) -> str:
-    res = _ray("job", "status", "--address", head.dashboard, sid)
-    text = res.stdout + res.stderr
-    # The CLI words terminal states as sentences, the others as "Status for job 'ID': STATUS".
-    for status, pattern in [("SUCCEEDED", r"Job '[^']+' succeeded"), ("FAILED", r"Job '[^']+' failed"),
-                            ("STOPPED", r"Job '[^']+' was stopped"), (None, r"Status for job '[^']+': (\w+)")]:
-        if m := re.search(pattern, text):
-            return status or m.group(1)
-    raise AssertionError(text[-3000:])
-
-
-def _logs(head: Head, sid: str) -> str:
-    return _ray("job", "logs", "--address", head.dashboard, sid).stdout
-
-
-def _wait(head: Head, sid: str, timeout: float) -> tuple[str, list[tuple[float, str]], float]:
-    """Poll `ray job status` until the job ends, while `ray job logs --follow` streams its log.
-    Returns (final status, [(arrival time, progress line)], time the end was first seen)."""
-    follow = subprocess.Popen([str(RAY), "job", "logs", "--address", head.dashboard, "--follow", sid],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                              env=os.environ | RAY_ENV)
-    arrivals: list[tuple[float, str]] = []
-
-    def read():
-        for line in follow.stdout:
-            if PROGRESS.search(line):
-                arrivals.append((time.time(), line.strip()))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.time() + timeout
-    status = "PENDING"
-    try:
-        while time.time() < deadline:
-            head.track()
-            status = _status(head, sid)
-            if status in {"SUCCEEDED", "FAILED", "STOPPED"}:
-                break
-            time.sleep(2)
-        ended = time.time()
-    finally:
-        try:
-            follow.wait(30)  # --follow exits once the job ends
-        except subprocess.TimeoutExpired:
-            follow.kill()
-            follow.wait()
-        reader.join(10)
-    if status not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-        _ray("job", "stop", "--address", head.dashboard, sid)
-        pytest.fail(f"job {sid} still {status} after {timeout}s:\n{_logs(head, sid)[-5000:]}")
-    return status, arrivals, ended
-
-
 def _working_dir_copy(head: Head) -> Path:
     """The unpacked working_dir Ray made on this node from the uploaded package."""
     found = sorted((head.temp_dir / "session_latest" / "runtime_resources" / "working_dir_files").glob("_ray_pkg_*"))
@@ -235,12 +170,12 @@ def _working_dir_copy(head: Head) -> Path:
 def submitted(head, job_config):
     path, cfg = job_config
     t0 = time.time()
-    sid, submit_out = _submit(head, path)
-    status, arrivals, ended = _wait(head, sid, timeout=300)
-    logs = _logs(head, sid)
-    assert status == "SUCCEEDED", logs[-6000:]
+    sid, submit_out = submit(head, path)
+    status, arrivals, ended = wait(head, sid, timeout=300)
+    text = logs(head, sid)
+    assert status == "SUCCEEDED", text[-6000:]
     print(f"\n[test_submit] job {sid}: {status} in {ended - t0:.0f}s", flush=True)
-    return {"sid": sid, "submit_out": submit_out, "arrivals": arrivals, "ended": ended, "logs": logs,
+    return {"sid": sid, "submit_out": submit_out, "arrivals": arrivals, "ended": ended, "logs": text,
             "out": Path(cfg["output_dir"])}
 
 
@@ -296,12 +231,12 @@ def test_working_dir_upload_is_small(submitted, head):
 
 def test_relative_output_dir_is_refused_with_a_clear_message(head, job_config, submitted):
     path, _ = job_config
-    sid, _ = _submit(head, path, "output_dir=outputs/submitted")
-    status, arrivals, _ = _wait(head, sid, timeout=120)
-    logs = _logs(head, sid)
-    assert status == "FAILED", logs[-3000:]
-    assert "output_dir='outputs/submitted' lies inside the job's working dir" in logs, logs[-3000:]
-    assert "absolute path on shared storage" in logs
+    sid, _ = submit(head, path, "output_dir=outputs/submitted")
+    status, arrivals, _ = wait(head, sid, timeout=120)
+    text = logs(head, sid)
+    assert status == "FAILED", text[-3000:]
+    assert "output_dir='outputs/submitted' lies inside the job's working dir" in text, text[-3000:]
+    assert "absolute path on shared storage" in text
     assert not arrivals
     assert not (_working_dir_copy(head) / "outputs").exists()
 
