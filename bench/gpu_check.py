@@ -14,7 +14,7 @@ Nothing is downloaded. Unless folders are given, it builds (seeded, in a temp fo
 Llama of hidden 1024, 8 layers, 16 heads of dim 64, MLP 2816 (about 100M non-embedding
 parameters, bf16) twice: as a causal LM (the policy) and with a one-label sequence-classification
 head (the reward model), with SmolLM2's tokenizer and chat template when that asset is installed,
-else the tiny BPE tokenizer of common.tiny.
+else the tiny BPE tokenizer of rsdpo.tiny.
 
 (b) scorer: bench/scorer_bench.py's protocol on CUDA (rewards must agree first, then the naive
     loop and the Scorer alternate): classifier = the mid-size reward model, embedding = MiniLM
@@ -57,17 +57,17 @@ def have(module: str) -> bool:
 def build_mid_llama(out: Path, reward: bool, tokenizer: str | None) -> Path:
     from transformers import AutoTokenizer
 
-    from common.tiny import build_llama, build_tokenizer
+    from rsdpo.tiny import build_llama, build_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     try:
         if tokenizer is None:
-            from common.assets import resolve_model
+            from rsdpo.assets import resolve_model
 
             tokenizer = resolve_model("builtin:smollm2-135m-instruct")
         tok, tok_name = AutoTokenizer.from_pretrained(tokenizer), f"{Path(tokenizer).name}"
     except Exception:  # no SmolLM2 asset here: the tiny BPE tokenizer (vocab 512)
-        tok, tok_name = build_tokenizer(out), "tiny BPE (common.tiny)"
+        tok, tok_name = build_tokenizer(out), "tiny BPE (rsdpo.tiny)"
     # hidden 1024, 8 layers, 16 heads of 64, MLP 2816: about 100M non-embedding parameters, bf16
     build_llama(out, reward=reward, hidden=1024, layers=8, tokenizer=tok, bf16=True)
     (out / "bench_tokenizer.txt").write_text(tok_name)
@@ -83,7 +83,7 @@ def scorer_part(args, rm: Path) -> tuple[dict, list[dict]]:
     sargs.embedder = args.embedder
     if sargs.embedder is None:
         try:
-            from common.assets import minilm_dir
+            from rsdpo.assets import minilm_dir
 
             sargs.embedder = str(minilm_dir())
         except Exception as e:  # the asset wheel is not installed on this machine
@@ -99,11 +99,11 @@ def scorer_whatif(args, rm: Path, device: str = "cuda") -> dict:
     import numpy as np
 
     from bench import scorer_bench as sb
-    from rewarding.config import ScorerConfig
+    from rewarding.config import RewardingConfig
     from rewarding.scorer import Scorer
 
     convs, responses, refs, _ = sb.varied_texts(args.prompts, args.k, args.max_length // 2)
-    scorer = Scorer(ScorerConfig(backend="classifier", model=str(rm), max_length=args.max_length, device=device))
+    scorer = Scorer(RewardingConfig(backend="classifier", model=str(rm), max_length=args.max_length, device=device))
     default, default_pad = scorer.config, scorer.max_padding
     big = {"max_batch_tokens": 4 * default.max_batch_tokens, "batch_size": 4 * default.batch_size}
     variants = {

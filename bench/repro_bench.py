@@ -36,7 +36,7 @@ from bench.report import emit, metric  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="the tiny random Llama (common/tiny.py) instead of SmolLM2")
+    ap.add_argument("--tiny", action="store_true", help="the tiny random Llama (rsdpo/tiny.py) instead of SmolLM2")
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--shard-size", type=int, default=8)
@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from generation.config import PromptsConfig, SamplerConfig, Split
+    from generation.config import GenerationConfig, PromptsConfig, Split
     from generation.prompts import load_prompts
     from generation.sampler import EngineLoop, Sampler
     from generation.schema import NUM_TOKENS, RESPONSES
@@ -61,14 +61,14 @@ def main() -> None:
 
     model = args.model
     if args.tiny:
-        from common.tiny import build_tiny_llama
+        from rsdpo.tiny import build_tiny_llama
 
         model = str(build_tiny_llama(Path(tempfile.mkdtemp()) / "tiny"))
     prompts = load_prompts(PromptsConfig(subsets=["helpful_base", "oasst"], split=Split.TRAIN,
                                          limit=args.prompts)).table
     shards = [prompts.slice(i, args.shard_size) for i in range(0, prompts.num_rows, args.shard_size)]
     vllm = {} if args.dtype == "auto" else {"dtype": args.dtype}
-    cfg = SamplerConfig(model=model, k=args.k, max_tokens=args.max_tokens, top_p=0.95, max_model_len=1024,
+    cfg = GenerationConfig(model=model, k=args.k, max_tokens=args.max_tokens, top_p=0.95, max_model_len=1024,
                         vllm=vllm)
     sampler = Sampler(cfg, shards_in_flight=2)
     stagger = sampler.loop.stagger_steps

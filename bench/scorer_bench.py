@@ -17,7 +17,7 @@ Both paths share one model and tokenizer (the Scorer's), so weights and dtype ar
 
 Backends:
 - embedding: all-MiniLM-L6-v2 (the embedded default);
-- classifier tiny (--classifier tiny): common.tiny.build_tiny_llama(reward=True) (hidden 128, 2
+- classifier tiny (--classifier tiny): rsdpo.tiny.build_tiny_llama(reward=True) (hidden 128, 2
   layers); its 512-token BPE makes nearly every text hit max_length, so there is little padding
   for sorting to remove and little compute to save: a check of overheads, not of the gain;
 - classifier small: a random LlamaForSequenceClassification, hidden 384, 6 layers, 6 heads of
@@ -99,7 +99,7 @@ def build_small_rm(out: Path, tokenizer_dir: Path | None) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from common.tiny import build_tokenizer
+    from rsdpo.tiny import build_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
@@ -261,12 +261,12 @@ def bench_backend(name: str, scorer, texts, args, tol: float) -> dict:
 
 
 def make_scorer(backend: str, model: str, args):
-    from rewarding.config import ScorerConfig
+    from rewarding.config import RewardingConfig
     from rewarding.scorer import Scorer
 
     batching = {k: v for k, v in (("batch_size", args.batch_size), ("max_batch_tokens", args.max_batch_tokens),
                                   ("max_padding", args.max_padding)) if v is not None}
-    return Scorer(ScorerConfig(backend=backend, model=model, max_length=args.max_length, device=args.device, **batching))
+    return Scorer(RewardingConfig(backend=backend, model=model, max_length=args.max_length, device=args.device, **batching))
 
 
 def run(args) -> dict:
@@ -282,13 +282,13 @@ def run(args) -> dict:
         for size in [s for s in args.classifier.split(",") if s]:
             match size:
                 case "tiny":
-                    from common.tiny import build_tiny_llama
+                    from rsdpo.tiny import build_tiny_llama
 
                     path = str(build_tiny_llama(Path(tmp) / "tiny_rm", reward=True))
                 case "small":
                     tok_dir = None
                     try:
-                        from common.assets import resolve_model
+                        from rsdpo.assets import resolve_model
 
                         tok_dir = resolve_model("builtin:smollm2-135m-instruct")
                     except Exception:  # no SmolLM2 asset: the tiny BPE tokenizer
@@ -335,9 +335,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256, help="tokens per scored text (default.yaml: 256)")
-    ap.add_argument("--batch-size", type=int, help="Scorer batch_size (default: ScorerConfig's)")
-    ap.add_argument("--max-batch-tokens", type=int, help="Scorer max_batch_tokens (default: ScorerConfig's)")
-    ap.add_argument("--max-padding", type=float, help="Scorer max_padding (default: ScorerConfig's auto)")
+    ap.add_argument("--batch-size", type=int, help="Scorer batch_size (default: RewardingConfig's)")
+    ap.add_argument("--max-batch-tokens", type=int, help="Scorer max_batch_tokens (default: RewardingConfig's)")
+    ap.add_argument("--max-padding", type=float, help="Scorer max_padding (default: RewardingConfig's auto)")
     ap.add_argument("--naive-batch", type=int, default=32, help="fixed batch size of the naive loop")
     ap.add_argument("--classifier", default="small", help="comma list: tiny, small, or RM folders ('' = none)")
     ap.add_argument("--embedder", default="builtin:all-minilm-l6-v2", help="embedding model ('' = skip)")

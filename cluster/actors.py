@@ -19,18 +19,18 @@ from collections.abc import Iterator
 import pyarrow as pa
 import ray
 
-from common import storage
-from common.shards import conform, shard_path, write_shard
-from common.storage import StorageConfig
-from generation.config import SamplerConfig
+from generation.config import GenerationConfig
 from generation.schema import ERROR, NUM_TOKENS, RESPONSES
 from pairing.card import write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.rules import stable_key
 from pairing.truncation import load_tokenizer
-from rewarding.config import ScorerConfig
+from rewarding.config import RewardingConfig
 from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.shards import conform, shard_path, write_shard
+from rsdpo.storage import StorageConfig
 
 # Columns of a shard's row; never written to shards.
 SHARD = "_shard"
@@ -66,7 +66,7 @@ class SamplerActor:
     def __init__(self, config: dict, shards_in_flight: int = 1):
         from generation.sampler import Sampler
 
-        self.sampler = Sampler(SamplerConfig.model_validate(config), shards_in_flight=shards_in_flight)
+        self.sampler = Sampler(GenerationConfig.model_validate(config), shards_in_flight=shards_in_flight)
         ctx = ray.get_runtime_context()
         self.actor_id = ctx.get_actor_id() or str(os.getpid())
         self.node_id = ctx.get_node_id()
@@ -97,7 +97,7 @@ class ScorerActor:
     def __init__(self, config: dict):
         from rewarding.scorer import Scorer
 
-        self.scorer = Scorer(ScorerConfig.model_validate(config))
+        self.scorer = Scorer(RewardingConfig.model_validate(config))
         self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

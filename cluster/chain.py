@@ -26,11 +26,11 @@ from pathlib import Path
 from cluster.config import RoundReference, RunConfig
 from cluster.pipeline import run_pipeline
 from cluster.session import connect
-from common import storage
-from common.assets import model_identity, resolve_model
-from common.manifest import read_manifest, write_manifest
+from rsdpo import storage
+from rsdpo.assets import model_identity, resolve_model
+from rsdpo.manifest import read_manifest, write_manifest
 from training.checkpoints import CHECKPOINTS, RUN_RECORD, STATUS_COMPLETE, differences, work_record
-from training.config import EvalConfig, Existing
+from training.config import EvaluationConfig, Existing
 from training.data import read_pairs
 
 # What a round writes beside the data job's scored/ and pairs/ (which run_pipeline(fresh=True) clears).
@@ -55,7 +55,7 @@ def training_differences(out_model: Path, work: dict) -> list[str] | None:
     return diff
 
 
-def reusable_report(eval_dir: Path, config: EvalConfig, models: dict[str, str]) -> dict | None:
+def reusable_report(eval_dir: Path, config: EvaluationConfig, models: dict[str, str]) -> dict | None:
     """The report in `eval_dir` when its manifest says it compared these models' weights (sha256 by
     role: sft, policy) under this evaluation config (which names every scorer); else None."""
     manifest = read_manifest(eval_dir)

@@ -29,12 +29,12 @@ import sys
 from pathlib import Path
 
 from cluster.config import RunConfig
-from common import storage
-from common.cli import ConfigError, load_config
-from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards, read_shard
 from pairing.config import Strategy
 from pairing.schema import CHOSEN_INDEX, PAIRS_SCHEMA, PROMPT_ID, REJECTED_INDEX
+from rsdpo import storage
+from rsdpo.cli import ConfigError, load_config
+from rsdpo.manifest import read_manifest, write_manifest
+from rsdpo.shards import list_shards, read_shard
 
 DEFAULT_STRATEGIES = (Strategy.RS_DPO, Strategy.BEST_WORST, Strategy.BEST_RANDOM)
 

@@ -14,13 +14,13 @@ from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from common import storage
-from common.cli import deep_merge, load_config, parse_overrides, read_yaml, validate
-from common.storage import StorageConfig
-from generation.config import PromptsConfig, SamplerConfig, Split
+from generation.config import GenerationConfig, PromptsConfig, Split
 from pairing.config import PairingConfig
-from rewarding.config import ScorerConfig
-from training.config import EvalConfig, TrainingConfig
+from rewarding.config import RewardingConfig
+from rsdpo import storage
+from rsdpo.cli import deep_merge, load_config, parse_overrides, read_yaml, validate
+from rsdpo.storage import StorageConfig
+from training.config import EvaluationConfig, TrainingConfig
 
 
 class RoundReference(StrEnum):
@@ -97,8 +97,8 @@ class RunConfig(BaseModel):
     max_error_rate: float = Field(
         0.5, ge=0, le=1, description="fail the job when more than this share of prompts are errors")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    generation: SamplerConfig = Field(default_factory=SamplerConfig)
-    rewarding: ScorerConfig = Field(default_factory=ScorerConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    rewarding: RewardingConfig = Field(default_factory=RewardingConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     storage: StorageConfig = Field(
@@ -107,7 +107,7 @@ class RunConfig(BaseModel):
     training: TrainingConfig | None = Field(
         None, description="DPO on each round's pairs (training.model is set to the round's sampling policy); "
         "null = data only")
-    evaluation: EvalConfig | None = Field(
+    evaluation: EvaluationConfig | None = Field(
         None, description="after each round: trained policy vs SFT on held-out prompts; needs training")
     rounds: int = Field(1, ge=1, description="iterative RS-DPO: round i+1 samples from round i's policy")
     round_reference: RoundReference = Field(RoundReference.SFT, description="sft | previous (DPO reference)")
@@ -186,7 +186,7 @@ class RunConfig(BaseModel):
 
     @property
     def out(self) -> str:
-        """The run folder: a local path or an object-store URI (common/storage.py)."""
+        """The run folder: a local path or an object-store URI (rsdpo/storage.py)."""
         return self.output_dir
 
 

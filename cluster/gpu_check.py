@@ -32,15 +32,15 @@ def missing_packages() -> list[str]:
 
 
 def build_llama(out: Path, *, hidden: int, layers: int, reward: bool) -> Path:
-    """A random bf16 Llama with the offline ChatML BPE tokenizer of common.tiny."""
-    from common.tiny import build_llama as build
+    """A random bf16 Llama with the offline ChatML BPE tokenizer of rsdpo.tiny."""
+    from rsdpo.tiny import build_llama as build
 
     return build(out, reward=reward, hidden=hidden, layers=layers, bf16=True)
 
 
 def write_prompts(path: Path, n: int) -> Path:
     """n synthetic single-turn prompts of 5-60 words (prompt lengths vary, as in real data)."""
-    from common import storage  # after the NEEDED check: pyarrow may be missing there
+    from rsdpo import storage  # after the NEEDED check: pyarrow may be missing there
     words = "the quick brown fox jumps over a lazy dog while rain falls on the sea".split()
     lines = []
     for i in range(n):
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster.config import RunConfig
     from cluster.pipeline import run_pipeline
-    from common import storage
+    from rsdpo import storage
 
     cfg = RunConfig.model_validate({
         "output_dir": str(out / "run"), "seed": 0, "shard_size": 64,

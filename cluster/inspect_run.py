@@ -8,7 +8,7 @@ OUT is a data job's folder (`python -m cluster.run ... training=null`: scored/, 
 or a chain's (round-N/ each such a folder, plus training and evaluation). Everything is recomputed
 from the shards with the run's own pairing config (pairing.pairs.prepare/select, the code that made
 the pairs), so a pairs folder that disagrees with its scored shards is reported, not trusted.
-Shards are read one at a time, through common.shards and common.manifest (the storage seam), and
+Shards are read one at a time, through rsdpo.shards and rsdpo.manifest (the storage seam), and
 only the columns each figure needs. No ray import: it runs where only pyarrow is installed.
 """
 
@@ -24,10 +24,6 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from common import storage
-from common.logs import add_log_level, setup_logging
-from common.manifest import read_manifest
-from common.shards import list_shards, read_shard, shard_stem
 from generation.quarantine import read_quarantine
 from generation.schema import NUM_TOKENS, PROMPT_ID
 from pairing import rules
@@ -35,6 +31,10 @@ from pairing.config import PairingConfig, Strategy
 from pairing.pairs import prepare, select, spreads
 from pairing.schema import CHOSEN, CHOSEN_INDEX, PAIRS_SCHEMA, REJECTED, REJECTED_INDEX
 from rewarding.schema import SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.logs import add_log_level, setup_logging
+from rsdpo.manifest import read_manifest
+from rsdpo.shards import list_shards, read_shard, shard_stem
 
 EXAMPLES = 3   # error and quarantine reasons quoted per kind
 

@@ -7,7 +7,7 @@
       => OUT/scored/data/shard-NNNNN.parquet, OUT/pairs/data/shard-NNNNN.parquet, manifests, cards
 
 A shard (`shard_size` prompts) is the unit of streaming, commit and resume: each writer writes
-the pairs shard then the scored shard, each atomically (common/storage.py: temp + fsync + rename on
+the pairs shard then the scored shard, each atomically (rsdpo/storage.py: temp + fsync + rename on
 a file system, one upload of the finished object on an object store); the scored shard is the
 commit marker. OUT may be a local path, a shared file system or an s3:// / gs:// prefix. A re-run
 with the same config skips committed shards. Seeds derive from (run seed, prompt_id), so the
@@ -32,10 +32,6 @@ from cluster.actors import SHARD, SamplerActor, ScorerActor, commit_shard, pack
 from cluster.config import RunConfig
 from cluster.plan import check_resume, clear_temps, plan_shards
 from cluster.session import WORKER_ENV, connect, scorer_env
-from common import storage
-from common.assets import model_identity, resolve_model
-from common.manifest import write_manifest
-from common.shards import data_dir, hub_configs, read_shard, shard_stem
 from generation.prompts import LoadedPrompts, check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, PROMPT_ID
@@ -45,6 +41,10 @@ from pairing.rules import raw_threshold
 from pairing.schema import PAIRS_SCHEMA
 from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS, SCORED_SCHEMA
 from rewarding.scorer import truncation_warning
+from rsdpo import storage
+from rsdpo.assets import model_identity, resolve_model
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import data_dir, hub_configs, read_shard, shard_stem
 
 log = logging.getLogger("rsdpo")
 # Ray 2.60 deprecates map_batches' **ray_remote_args but gives actor restarts and task retries no

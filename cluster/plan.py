@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.config import RunConfig
-from common import storage
-from common.errors import InputError
-from common.shards import DATA, SHARD_SUFFIX, data_dir, list_shards, shard_name
 from generation.schema import PROMPT_ID
+from rsdpo import storage
+from rsdpo.errors import InputError
+from rsdpo.shards import DATA, SHARD_SUFFIX, data_dir, list_shards, shard_name
 
 
 class RunRefused(InputError):

@@ -6,7 +6,7 @@ Submitted to an existing cluster (joins it via RAY_ADDRESS, which `ray job submi
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m cluster.run --config cluster/configs/default.yaml
 
-One driver at a time per output_dir (common/lock.py): a second one is refused (exit 2) naming
+One driver at a time per output_dir (rsdpo/lock.py): a second one is refused (exit 2) naming
 the holder; `--break-lock` takes over a lock whose holder is known to be gone. SIGTERM
 (pre-emption, `kill`, `ray job stop`) stops the job as Ctrl-C does: its tasks end, temp files
 are removed, committed shards stay, and the driver exits with status 143; a re-run resumes.
@@ -23,10 +23,10 @@ import threading
 from pathlib import Path
 
 from cluster.config import RunConfig
-from common import storage
-from common.cli import ConfigError, config_help, load_config
-from common.lock import OutputLock, OutputLocked
-from common.logs import add_log_level, setup_logging
+from rsdpo import storage
+from rsdpo.cli import ConfigError, config_help, load_config
+from rsdpo.lock import OutputLock, OutputLocked
+from rsdpo.logs import add_log_level, setup_logging
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="run config YAML (cluster/configs/*.yaml)")
     ap.add_argument("--fresh", action="store_true", help="discard shards of an earlier, different run in output_dir")
     ap.add_argument("--break-lock", action="store_true",
-                    help="take over output_dir's driver lock from a driver known to be gone (see common/lock.py)")
+                    help="take over output_dir's driver lock from a driver known to be gone (see rsdpo/lock.py)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")
     add_log_level(ap)
     args = ap.parse_args(argv)

@@ -23,8 +23,8 @@ import sys
 
 from cluster.config import RunConfig
 from cluster.session import WORKER_ENV
-from common.cli import ConfigError, config_help, load_config
-from common.logs import add_log_level, setup_logging
+from rsdpo.cli import ConfigError, config_help, load_config
+from rsdpo.logs import add_log_level, setup_logging
 
 ENTRYPOINT = ["python", "-m", "cluster.run"]
 

@@ -26,9 +26,9 @@ import ray
 
 from cluster.config import stage_config
 from cluster.session import connect
-from common.cli import exits_2_on_input_error, stage_parser
-from common.logs import setup_logging
-from common.manifest import read_manifest
+from rsdpo.cli import exits_2_on_input_error, stage_parser
+from rsdpo.logs import setup_logging
+from rsdpo.manifest import read_manifest
 from training.config import TrainingConfig
 
 

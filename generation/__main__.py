@@ -11,21 +11,21 @@ OUT/quarantine.jsonl with their reasons.
 import sys
 import time
 
-from common.cli import exits_2_on_input_error, parse_overrides, stage_parser
-from common.logs import progress_bar, setup_logging
-from common.manifest import write_manifest
-from common.shards import shard_name, shard_path, write_shard
-from generation.config import PromptsConfig, SamplerConfig
+from generation.config import GenerationConfig, PromptsConfig
 from generation.prompts import check_usable, load_prompts
 from generation.quarantine import write_quarantine
 from generation.schema import ERROR, NUM_TOKENS, SAMPLES_SCHEMA
+from rsdpo.cli import exits_2_on_input_error, parse_overrides, stage_parser
+from rsdpo.logs import progress_bar, setup_logging
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import shard_name, shard_path, write_shard
 
 
 @exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)
 
-    args = stage_parser(__doc__, {"": SamplerConfig, "prompts.": PromptsConfig}).parse_args(argv)
+    args = stage_parser(__doc__, {"": GenerationConfig, "prompts.": PromptsConfig}).parse_args(argv)
     setup_logging(args.log_level)
     overrides = parse_overrides(args.overrides)
     prompt_over = overrides.pop("prompts", {}) | {"source": args.input}
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if (quarantined := write_quarantine(out, loaded.rejects)) is not None:
         print(f"[generation] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantined}", file=sys.stderr)
     check_usable(loaded, pcfg, quarantined)
-    from common.assets import model_identity
     from generation.sampler import Sampler
+    from rsdpo.assets import model_identity
 
     t0 = time.time()
     sampler = Sampler(scfg, exclusive_cpu=True)  # nothing else runs beside this engine

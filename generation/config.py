@@ -1,4 +1,4 @@
-"""Configs of the generation stage: which prompts (PromptsConfig) and how to sample (SamplerConfig).
+"""Configs of the generation stage: which prompts (PromptsConfig) and how to sample (GenerationConfig).
 
 Imports nothing heavy: configs are parsed by every entry point and by tests.
 """
@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from common.assets import BUILTIN_POLICY
+from rsdpo.assets import BUILTIN_POLICY
 
 
 class Split(StrEnum):
@@ -38,7 +38,7 @@ class PromptsConfig(BaseModel):
     use_reference: bool = Field(True, description="keep a reference answer when the source has one")
 
 
-class SamplerConfig(BaseModel):
+class GenerationConfig(BaseModel):
     """vLLM sampling of k responses per prompt (SamplingParams(n=k), one request per prompt)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -3,7 +3,7 @@ generation.schema.PROMPTS_SCHEMA. Bad rows are quarantined with the file (or obj
 field that made them bad; they are counted, never silently dropped.
 
 A source is one file, a folder or object-store prefix (every .jsonl/.parquet file under it, read as
-one prompt set), or a glob (`s3://bucket/prompts/*.jsonl`), local or remote (common/storage.py).
+one prompt set), or a glob (`s3://bucket/prompts/*.jsonl`), local or remote (rsdpo/storage.py).
 
 Accepted input rows (JSONL: one JSON object per line; Parquet: same columns):
   {"prompt": "text"}                                  single user turn
@@ -22,11 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from common import storage
-from common.assets import dist_file
-from common.errors import InputError
 from generation.config import PromptsConfig, Split
 from generation.schema import PROMPT, PROMPT_ID, PROMPTS_SCHEMA, REFERENCE, SOURCE
+from rsdpo import storage
+from rsdpo.assets import dist_file
+from rsdpo.errors import InputError
 
 PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = {"system", "user", "assistant"}
@@ -101,7 +101,7 @@ def _normalise(obj: Any, where: str) -> tuple[str | None, list[dict[str, str]], 
 
 
 def prompt_files(source: str) -> list[str]:
-    """The files `prompts.source` names, local or remote (common/storage.py): the one file given, every
+    """The files `prompts.source` names, local or remote (rsdpo/storage.py): the one file given, every
     JSONL/Parquet file under a folder or prefix (recursively, in name order), or those a glob matches."""
     if any(c in source for c in storage.GLOB_CHARS):
         files = [f for f in storage.glob(source) if f.endswith(PROMPT_SUFFIXES)]

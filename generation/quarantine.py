@@ -1,6 +1,6 @@
 """The quarantine file of a run or stage folder: prompt rows rejected at load time, one JSON object
 a line ({source, line, field, reason, raw}, from generation.prompts.load_prompts), beside the shards
-(a local folder or an object-store prefix, common/storage.py).
+(a local folder or an object-store prefix, rsdpo/storage.py).
 
 Written by `python -m generation` and by the cluster pipeline, read by `rsdpo inspect`.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import storage
+from rsdpo import storage
 
 QUARANTINE = "quarantine.jsonl"
 

@@ -24,9 +24,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from common.assets import resolve_model
-from common.shards import conform
-from generation.config import SamplerConfig
+from generation.config import GenerationConfig
 from generation.schema import (
     ERROR,
     FINISH_REASONS,
@@ -39,6 +37,8 @@ from generation.schema import (
     SAMPLES_SCHEMA,
     SEED,
 )
+from rsdpo.assets import resolve_model
+from rsdpo.shards import conform
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _cpu_only() -> bool:
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
 
 
-def engine_kwargs(config: SamplerConfig, cpu: bool) -> dict:
+def engine_kwargs(config: GenerationConfig, cpu: bool) -> dict:
     """vllm.LLM keyword arguments besides model/seed/max_model_len; `config.vllm` wins."""
     engine = {"gpu_memory_utilization": 0.25, "enforce_eager": True} if cpu else {}
     if cpu:
@@ -255,7 +255,7 @@ class Sampler:
     bench/README.md). Inside the Ray pipeline the reserved core is where the scorer runs, so actors
     keep the default. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment always wins."""
 
-    def __init__(self, config: SamplerConfig, *, exclusive_cpu: bool = False, shards_in_flight: int = 1):
+    def __init__(self, config: GenerationConfig, *, exclusive_cpu: bool = False, shards_in_flight: int = 1):
         from transformers import AutoTokenizer
         from vllm import LLM
 

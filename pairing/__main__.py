@@ -17,18 +17,18 @@ import sys
 
 import numpy as np
 
-from common import storage
-from common.cli import config_help, exits_2_on_input_error, stage_parser
-from common.errors import MissingInput
-from common.logs import add_log_level, setup_logging
-from common.manifest import read_manifest
-from common.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir
 from pairing import rules
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import coverage_warning, make_pairs, merge_stats
 from pairing.truncation import load_tokenizer
 from rewarding.schema import SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.cli import config_help, exits_2_on_input_error, stage_parser
+from rsdpo.errors import MissingInput
+from rsdpo.logs import add_log_level, setup_logging
+from rsdpo.manifest import read_manifest
+from rsdpo.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir
 
 COMMANDS = ("run", "sweep", "validate")
 

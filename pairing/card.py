@@ -23,9 +23,6 @@ import numpy as np
 import pyarrow as pa
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from common import storage
-from common.manifest import write_manifest
-from common.shards import DATA, hub_configs, shard_metadata, write_shard
 from generation.schema import PROMPT, PROMPT_ID
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
@@ -41,6 +38,9 @@ from pairing.schema import (
     STRATEGY,
 )
 from pairing.truncation import Cut
+from rsdpo import storage
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import DATA, hub_configs, shard_metadata, write_shard
 
 CARD = "README.md"
 UPSTREAM_SECTIONS = ("prompts", "generation", "rewarding")   # run-config sections that made the scored input

@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from common.shards import conform
 from generation.schema import (
     ERROR,
     FINISH_REASONS,
@@ -46,6 +45,7 @@ from pairing.schema import (
 )
 from pairing.truncation import Cut, truncation_cuts
 from rewarding.schema import REWARDS, SCORED_SCHEMA
+from rsdpo.shards import conform
 
 TRUNCATED = "length"        # finish reason of a response that hit max_tokens (generation/schema.py)
 ASSISTANT = "assistant"     # role of the chosen / rejected turn in TRL's conversational format

@@ -16,14 +16,14 @@ import io
 import numpy as np
 import pyarrow.compute as pc
 
-from common import storage
-from common.cli import ConfigError, load_config
-from common.manifest import write_manifest
-from common.shards import read_shards
 from pairing import rules
 from pairing.config import PairingConfig, Strategy
 from pairing.pairs import prepare, select, spreads
 from rewarding.schema import SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.cli import ConfigError, load_config
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import read_shards
 
 COLUMNS = ("eta", "tau", "raw_threshold", "pairs", "pairs_per_prompt", "prompts_with_pairs",
            "mean_reward_gap", "length_ratio")

@@ -50,6 +50,6 @@ def load_tokenizer(model: str):
     """The policy's tokenizer (with its chat template) from a local folder or builtin name."""
     from transformers import AutoTokenizer
 
-    from common.assets import resolve_model
+    from rsdpo.assets import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(model))

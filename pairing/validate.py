@@ -19,9 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import storage
-from common.manifest import read_manifest
-from common.shards import ShardError, list_shards, read_shard, sidecar_dir
 from generation.schema import ERROR, FINISH_REASONS, PROMPT_ID, RESPONSES
 from pairing import rules
 from pairing.config import Strategy
@@ -36,6 +33,9 @@ from pairing.schema import (
     STRATEGY,
 )
 from rewarding.schema import REWARD_MAX, REWARD_MEAN, REWARD_MIN, REWARD_STD, REWARDS, SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.manifest import read_manifest
+from rsdpo.shards import ShardError, list_shards, read_shard, sidecar_dir
 
 
 class Violation(Exception):

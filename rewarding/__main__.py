@@ -8,26 +8,26 @@ import time
 
 import pyarrow.parquet as pq
 
-from common import storage
-from common.cli import exits_2_on_input_error, stage_parser
-from common.logs import map_in_steps, progress_bar, setup_logging
-from common.manifest import read_manifest, write_manifest
-from common.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir, write_shard
 from generation.schema import ERROR, RESPONSES, SAMPLES_SCHEMA
-from rewarding.config import ScorerConfig
+from rewarding.config import RewardingConfig
 from rewarding.schema import REWARD_TRUNCATED, SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.cli import exits_2_on_input_error, stage_parser
+from rsdpo.logs import map_in_steps, progress_bar, setup_logging
+from rsdpo.manifest import read_manifest, write_manifest
+from rsdpo.shards import list_shards, read_shard, shard_path, shard_stem, sidecar_dir, write_shard
 
 
 @exits_2_on_input_error
 def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)
 
-    args = stage_parser(__doc__, {"": ScorerConfig}).parse_args(argv)
+    args = stage_parser(__doc__, {"": RewardingConfig}).parse_args(argv)
     setup_logging(args.log_level)
     cfg = stage_config("rewarding", args.config, args.overrides)
     shards = list_shards(args.input)
-    from common.assets import model_identity
     from rewarding.scorer import Scorer, truncation_warning
+    from rsdpo.assets import model_identity
 
     out = args.output
     scorer = Scorer(cfg)

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.assets import BUILTIN_EMBEDDER
+from rsdpo.assets import BUILTIN_EMBEDDER
 
 BUILTIN_JUDGE = "builtin:smollm2-judge"  # rewarding/judge.py: built on first use, never scores training data
 
@@ -16,7 +16,7 @@ class Backend(StrEnum):
     CLASSIFIER = "classifier"  # HF sequence-classification reward model, num_labels=1, raw logit
 
 
-class ScorerConfig(BaseModel):
+class RewardingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Backend = Field(Backend.EMBEDDING, description="embedding | classifier")

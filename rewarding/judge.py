@@ -9,7 +9,7 @@ pairs (rewarding/preference.py) built from AlpacaEval's GPT-4 answers of the TRA
 signal (which answer a language model's last hidden state places nearer a GPT-4 answer than a
 broken one) is another model's, fitted on another task, than the embedded training reward's
 (MiniLM cosine relevance). The backbone stays frozen so that building it costs one forward pass
-per text (1400 texts: 292 s measured on this 2-core machine while other jobs shared it) and is cached under common.assets.cache_dir().
+per text (1400 texts: 292 s measured on this 2-core machine while other jobs shared it) and is cached under rsdpo.assets.cache_dir().
 
 pair_accuracy scores such pairs of held-out prompts with any Scorer: the share where the reference
 is ranked above its corruption (ties count half), overall and per corruption kind.
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from common.assets import cache_dir, resolve_model
 from generation.config import PromptsConfig, Split
 from generation.schema import PROMPT, PROMPT_ID, REFERENCE
-from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
+from rewarding.config import BUILTIN_JUDGE, Backend, RewardingConfig
 from rewarding.preference import fit_bradley_terry, reference_pairs
+from rsdpo.assets import cache_dir, resolve_model
 
 JUDGE_BASE = "builtin:smollm2-135m-instruct"
 JUDGE_VERSION = "v2"      # bump when the recipe below changes: a new cache folder is built
@@ -106,7 +106,7 @@ def build_judge(out: Path, base: str = JUDGE_BASE, n_prompts: int = FIT_PROMPTS,
     torch.nn.init.zeros_(model.score.weight)  # fitted below; zero until then
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    scorer = Scorer(ScorerConfig(backend=Backend.CLASSIFIER, model=str(tmp), max_length=max_length,
+    scorer = Scorer(RewardingConfig(backend=Backend.CLASSIFIER, model=str(tmp), max_length=max_length,
                                  dtype="bfloat16"))
 
     pairs = reference_pairs(reference_rows(Split.TRAIN, n_prompts), PAIR_WORDS, SEED)
@@ -162,6 +162,6 @@ if __name__ == "__main__":
 
     folder = judge_dir()
     print(json.dumps(json.loads((folder / "judge.json").read_text()), indent=2))
-    check = pair_accuracy(Scorer(ScorerConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")),
+    check = pair_accuracy(Scorer(RewardingConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")),
                           heldout_pairs(40))
     print(json.dumps({"folder": str(folder), "heldout_pair_accuracy": check}, indent=2))

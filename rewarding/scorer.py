@@ -32,10 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from common.assets import resolve_model
-from common.shards import conform
 from generation.schema import ERROR, PROMPT, REFERENCE, RESPONSES, SAMPLES_SCHEMA
-from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
+from rewarding.config import BUILTIN_JUDGE, Backend, RewardingConfig
 from rewarding.schema import (
     REWARD_MAX,
     REWARD_MEAN,
@@ -45,6 +43,8 @@ from rewarding.schema import (
     REWARDS,
     SCORED_SCHEMA,
 )
+from rsdpo.assets import resolve_model
+from rsdpo.shards import conform
 
 
 def length_batches(lengths: list[int], max_batch: int, max_tokens: int,
@@ -147,7 +147,7 @@ def _last_token_head(model) -> bool:
 
 
 class Scorer:
-    def __init__(self, config: ScorerConfig):
+    def __init__(self, config: RewardingConfig):
         import torch
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 

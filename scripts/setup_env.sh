@@ -30,5 +30,5 @@ else
   echo "$want" > "$STAMP"
 fi
 # Convert the embedded policy once (cached under $RSDPO_CACHE or ~/.cache/rsdpo).
-HF_HUB_OFFLINE=1 "$VENV/bin/python" -m common.assets >/dev/null
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -m rsdpo.assets >/dev/null
 echo "[setup] ready"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from common.shards import shard_path, write_shard
 from pairing.schema import PAIRS_SCHEMA
+from rsdpo.shards import shard_path, write_shard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,14 +17,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory):
-    from common.tiny import build_tiny_llama
+    from rsdpo.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_policy"))
 
 
 @pytest.fixture(scope="session")
 def tiny_reward_model(tmp_path_factory):
-    from common.tiny import build_tiny_llama
+    from rsdpo.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_rm"), reward=True)
 
@@ -75,7 +75,7 @@ def s3_bucket(s3_server, monkeypatch, request):
     variables point at the server, as a user's shell would."""
     import hashlib
 
-    from common import storage
+    from rsdpo import storage
 
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)

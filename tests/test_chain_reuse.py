@@ -4,13 +4,13 @@ report only for the same evaluation config and the same SFT and policy weights."
 import json
 
 from cluster.chain import reusable_report, training_differences
-from common.manifest import write_manifest
+from rsdpo.manifest import write_manifest
 from training.checkpoints import CHECKPOINTS, RUN_RECORD, work_record
-from training.config import EvalConfig, TrainingConfig
+from training.config import EvaluationConfig, TrainingConfig
 
 
 def test_a_report_is_reused_only_for_the_same_config_and_models(tmp_path):
-    config = EvalConfig(bootstrap=200)
+    config = EvaluationConfig(bootstrap=200)
     models = {"sft": "s0", "policy": "p0"}
     write_manifest(tmp_path, {"stage": "training.eval", "config": config.model_dump(mode="json"),
                               "models": {role: {"path": f"/m/{role}", "sha256": sha} for role, sha in models.items()}})
@@ -43,7 +43,7 @@ def test_a_policy_folder_keeps_its_identity_when_its_manifest_is_written(tiny_po
     so round 2 never matched the identity round 1 recorded for its own policy."""
     import shutil
 
-    from common.assets import model_identity
+    from rsdpo.assets import model_identity
 
     policy = tmp_path / "policy"
     shutil.copytree(tiny_policy, policy)

@@ -16,12 +16,12 @@ from cluster.actors import (
     pack,
     unpack,
 )
-from common import storage
-from common.shards import read_shard
-from common.storage import StorageConfig
 from generation import schema as g
 from pairing.schema import PAIRS_SCHEMA
 from rewarding import schema as rs
+from rsdpo import storage
+from rsdpo.shards import read_shard
+from rsdpo.storage import StorageConfig
 
 META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", SAMPLER_NODE: "node-a", T_SCORE: 0.5,
         SCORER_NODE: "node-b"}

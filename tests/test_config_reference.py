@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 from cluster.config import RunConfig
-from common.cli import config_keys
-from common.console import COMMANDS, main
-from generation.config import PromptsConfig, SamplerConfig
+from generation.config import GenerationConfig, PromptsConfig
 from pairing.config import PairingConfig
-from rewarding.config import ScorerConfig
-from training.config import EvalConfig, TrainingConfig
+from rewarding.config import RewardingConfig
+from rsdpo.cli import config_keys
+from rsdpo.console import COMMANDS, main
+from training.config import EvaluationConfig, TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {
-    "run": {"": RunConfig}, "submit": {"": RunConfig}, "generate": {"": SamplerConfig, "prompts.": PromptsConfig},
-    "reward": {"": ScorerConfig}, "pair": {"": PairingConfig}, "sweep": {"": PairingConfig},
-    "train": {"": TrainingConfig}, "eval": {"": EvalConfig},
+    "run": {"": RunConfig}, "submit": {"": RunConfig}, "generate": {"": GenerationConfig, "prompts.": PromptsConfig},
+    "reward": {"": RewardingConfig}, "pair": {"": PairingConfig}, "sweep": {"": PairingConfig},
+    "train": {"": TrainingConfig}, "eval": {"": EvaluationConfig},
 }
 
 
@@ -59,8 +59,8 @@ def test_keys_carry_types_limits_and_the_defaults_a_section_really_gets():
     assert keys["prompts.limit"].type == "int | null (> 0)" and keys["prompts.limit"].default == "null"
     assert keys["training"].default == "null" and keys["training.beta"].default == "0.1"
     assert keys["max_error_rate"].type == "float (>= 0, <= 1)"
-    ev = {k.key: k for k in config_keys(EvalConfig)}
-    # EvalConfig.sampler's factory samples k=2 at temperature 0.7, not SamplerConfig's own k=8.
+    ev = {k.key: k for k in config_keys(EvaluationConfig)}
+    # EvaluationConfig.sampler's factory samples k=2 at temperature 0.7, not GenerationConfig's own k=8.
     assert ev["sampler.k"].default == "2" and ev["sampler.temperature"].default == "0.7"
     assert ev["prompts"].type == "list[mapping]" and "builtin:mt_bench" in ev["prompts"].default
     assert "prompts[].source" in ev

@@ -7,7 +7,7 @@ import sys
 from cluster.session import WORKER_ENV
 from cluster.submit import main as submit_main
 from cluster.submit import submit_argv
-from common.console import main
+from rsdpo.console import main
 
 
 def test_unknown_command_names_the_choices(capsys):

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cluster.config import stage_config
-from common.cli import ConfigError
 from pairing.schema import PAIRS_SCHEMA
+from rsdpo.cli import ConfigError
 
 
 def _run_config(tmp_path, **sections) -> str:

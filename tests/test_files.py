@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from common import manifest
-from common.files import TMP_SUFFIX, atomic_path, clear_temp_files
+from rsdpo import manifest
+from rsdpo.files import TMP_SUFFIX, atomic_path, clear_temp_files
 
 
 def test_atomic_path_renames_into_place_when_the_block_ends(tmp_path):

@@ -5,13 +5,13 @@ in tests/integration/test_pipeline.py."""
 import json
 
 from cluster.inspect_run import inspect_run, main
-from common.manifest import write_manifest
-from common.shards import shard_path, write_shard
 from generation import schema as g
 from generation.quarantine import write_quarantine
 from pairing.__main__ import run as pair_folder
 from pairing.config import PairingConfig
 from rewarding import schema as rs
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import shard_path, write_shard
 
 TAU, ETA = 0.1, 0.85      # raw threshold 0.1 * ln(0.85 / 0.15) = 0.17346
 

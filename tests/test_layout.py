@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["common", "generation", "rewarding", "pairing", "training"]
+STAGES = ["rsdpo", "generation", "rewarding", "pairing", "training"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -34,7 +34,7 @@ def test_config_modules_import_nothing_heavy():
 
 def test_every_config_file_parses_and_names_its_command():
     from cluster.config import RunConfig
-    from common.cli import load_config
+    from rsdpo.cli import load_config
 
     files = sorted((ROOT / "cluster" / "configs").glob("*.yaml"))
     assert files
@@ -46,9 +46,9 @@ def test_every_config_file_parses_and_names_its_command():
             load_config(RunConfig, f)
 
 
-# The data flows common -> generation -> rewarding -> pairing -> training -> cluster -> bench; a module
+# The data flows rsdpo (the shared helpers) -> generation -> rewarding -> pairing -> training -> cluster -> bench; a module
 # imports only from its own layer or those before it.
-FLOW = ["common", "generation", "rewarding", "pairing", "training", "cluster", "bench"]
+FLOW = ["rsdpo", "generation", "rewarding", "pairing", "training", "cluster", "bench"]
 # Stage entry points validate a run config whole, so they read the composed run config (pure pydantic,
 # no ray); nothing else may reach up the flow.
 ENTRY_POINTS = {"generation/__main__.py", "rewarding/__main__.py", "pairing/__main__.py",

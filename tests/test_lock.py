@@ -1,4 +1,4 @@
-"""The output folder's driver lock (common/lock.py) on a real file system: refusal naming the holder,
+"""The output folder's driver lock (rsdpo/lock.py) on a real file system: refusal naming the holder,
 automatic break of provably stale records, --break-lock, heartbeats, a lost lock noticed, and one
 winner among processes racing for it."""
 
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from common.lock import LOCK_NAME, ObjectStore, OutputLock, OutputLocked, PosixStore
+from rsdpo.lock import LOCK_NAME, ObjectStore, OutputLock, OutputLocked, PosixStore
 
 
 def _record(lock_dir):
@@ -106,10 +106,10 @@ def test_exactly_one_of_racing_processes_takes_the_lock(tmp_path):
 
 def test_on_an_object_store_a_second_holder_is_refused_and_one_of_racing_drivers_wins(s3_bucket):
     """The same lock on the tests' real S3 server (rclone serve s3), which has no conditional PUT:
-    check, write, wait, read back (common/lock.py ObjectStore)."""
+    check, write, wait, read back (rsdpo/lock.py ObjectStore)."""
     import threading
 
-    from common import storage
+    from rsdpo import storage
 
     out = f"{s3_bucket}/run"
     # a run folder always holds other objects; an emptied prefix gets a folder-marker object from

@@ -12,7 +12,7 @@ import yaml
 
 from cluster.config import RunConfig
 from cluster.session import WORKER_ENV
-from common.cli import load_config
+from rsdpo.cli import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "cluster" / "manifests"

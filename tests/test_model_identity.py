@@ -1,8 +1,8 @@
-"""common.assets.model_identity: the content hash that manifests record and a resumed run checks."""
+"""rsdpo.assets.model_identity: the content hash that manifests record and a resumed run checks."""
 
 import os
 
-from common.assets import CACHED_HASH_MIN, model_identity
+from rsdpo.assets import CACHED_HASH_MIN, model_identity
 
 
 def _big(folder, fill: bytes):

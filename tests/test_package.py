@@ -115,7 +115,7 @@ def test_installed_rsdpo_runs_from_another_folder(installed, tmp_path):
     assert out.returncode == 0, out.stderr
     for command in ("run", "generate", "reward", "pair", "sweep", "validate", "inspect", "train", "eval", "submit"):
         assert f"\n  {command} " in out.stdout
-    where = _run(installed, "python", "-c", "import common.console, json; print(json.dumps(common.console.__file__))",
+    where = _run(installed, "python", "-c", "import rsdpo.console, json; print(json.dumps(rsdpo.console.__file__))",
                  cwd=tmp_path)
     assert Path(json.loads(where.stdout)).is_relative_to(installed.parent), where.stdout  # not the checkout
 

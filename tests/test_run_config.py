@@ -1,7 +1,7 @@
 import pytest
 
 from cluster.config import RunConfig
-from common.cli import ConfigError, load_config, parse_overrides
+from rsdpo.cli import ConfigError, load_config, parse_overrides
 
 
 def test_overrides_parse_dotted_yaml_scalars():

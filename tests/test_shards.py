@@ -1,7 +1,8 @@
 import pyarrow as pa
 import pytest
 
-from common.shards import (
+from generation.schema import PROMPTS_SCHEMA
+from rsdpo.shards import (
     ShardError,
     conform,
     data_dir,
@@ -13,7 +14,6 @@ from common.shards import (
     sidecar_dir,
     write_shard,
 )
-from generation.schema import PROMPTS_SCHEMA
 
 
 def _prompts(n):

@@ -1,4 +1,4 @@
-"""The storage layer (common/storage.py) on a local file system and on a real S3-compatible server
+"""The storage layer (rsdpo/storage.py) on a local file system and on a real S3-compatible server
 (rclone serve s3, tests/s3server.py): commit rules, listing, reading, deleting."""
 
 import os
@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from common import storage
-from common.shards import list_shards, read_shard, write_shard
 from generation.schema import PROMPTS_SCHEMA
+from rsdpo import storage
+from rsdpo.shards import list_shards, read_shard, write_shard
 
 
 def _prompts(n):

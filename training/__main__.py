@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import exits_2_on_input_error, stage_parser
-from common.logs import setup_logging
+from rsdpo.cli import exits_2_on_input_error, stage_parser
+from rsdpo.logs import setup_logging
 from training.config import TrainingConfig
 
 

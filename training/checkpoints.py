@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from common.errors import InputError
-from common.manifest import read_manifest
+from rsdpo.errors import InputError
+from rsdpo.manifest import read_manifest
 from training.config import Existing, TrainingConfig
 from training.distributed import is_main_process, log
 

@@ -1,5 +1,5 @@
 """Configs of the training stage: DPO on pairs shards with TRL's DPOTrainer (TrainingConfig) and the
-policy-vs-SFT evaluation (EvalConfig).
+policy-vs-SFT evaluation (EvaluationConfig).
 
 Imports nothing heavy: configs are parsed by every entry point and by tests. TRL's own flags are
 passed through in `dpo` (validated against `trl.DPOConfig` when training starts), not mirrored.
@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common.assets import BUILTIN_POLICY
-from generation.config import PromptsConfig, SamplerConfig, Split
-from rewarding.config import BUILTIN_JUDGE, Backend, ScorerConfig
+from generation.config import GenerationConfig, PromptsConfig, Split
+from rewarding.config import BUILTIN_JUDGE, Backend, RewardingConfig
+from rsdpo.assets import BUILTIN_POLICY
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -70,7 +70,7 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(BUILTIN_POLICY, description="policy to train (the SFT model): local HF folder or "
-                       "builtin:smollm2-135m-instruct (resolved by common.assets.resolve_model; never downloaded)")
+                       "builtin:smollm2-135m-instruct (resolved by rsdpo.assets.resolve_model; never downloaded)")
     reference_model: str | None = Field(
         None, description="frozen DPO reference; null = the same weights as `model` (the SFT policy, as in the "
         "paper). Another folder is loaded as a separate model and kept in memory")
@@ -122,7 +122,7 @@ def _default_eval_prompts() -> list[PromptsConfig]:
     ]
 
 
-class EvalConfig(BaseModel):
+class EvaluationConfig(BaseModel):
     """Policy vs SFT on held-out prompts: sample both with vLLM, score both with one reward model.
 
         python -m training.eval --sft MODEL_A --policy MODEL_B --output REPORT_DIR [--config F] [key=value ...]
@@ -132,15 +132,15 @@ class EvalConfig(BaseModel):
 
     prompts: list[PromptsConfig] = Field(default_factory=_default_eval_prompts,
                                          description="prompt sets, reported one by one and together")
-    sampler: SamplerConfig = Field(
-        default_factory=lambda: SamplerConfig(k=2, temperature=0.7, max_tokens=256),
+    sampler: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(k=2, temperature=0.7, max_tokens=256),
         description="sampling for both policies (`model` is ignored: --sft / --policy choose them); "
         "k responses per prompt, compared by their mean reward")
-    scorer: ScorerConfig = Field(
-        default_factory=ScorerConfig, description="the training reward: the scorer the pairs were made with "
+    scorer: RewardingConfig = Field(
+        default_factory=RewardingConfig, description="the training reward: the scorer the pairs were made with "
         "(a run config sets it to its `rewarding` section unless this is set)")
-    judges: list[ScorerConfig] = Field(
-        default_factory=lambda: [ScorerConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")],
+    judges: list[RewardingConfig] = Field(
+        default_factory=lambda: [RewardingConfig(backend=Backend.CLASSIFIER, model=BUILTIN_JUDGE, dtype="bfloat16")],
         description="scorers reported beside the training reward, each a local model; the default "
         "builtin:smollm2-judge never scored training data (rewarding/judge.py). [] = training reward only "
         "(the report warns)")

@@ -15,16 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import storage
-from common.errors import MissingInput
-from common.files import atomic_path
-from common.shards import ShardError, conform, list_shards
 from pairing.schema import CHOSEN_REWARD, PAIRS_SCHEMA, PROMPT_ID, REJECTED_REWARD, STRATEGY
+from rsdpo import storage
+from rsdpo.errors import MissingInput
+from rsdpo.files import atomic_path
+from rsdpo.shards import ShardError, conform, list_shards
 
 
 def read_pairs(source: str) -> tuple[pa.Table, str]:
     """All complete pairs shards under `source` (a shard folder, its data/, or one file; local or a URI:
-    common/storage.py), validated against PAIRS_SCHEMA.
+    rsdpo/storage.py), validated against PAIRS_SCHEMA.
 
     Returns the table and a sha256 of the shard bytes (it names the cached Arrow copy, so a changed
     input never reuses a stale tokenized or reference log-prob cache).

@@ -41,23 +41,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from common import storage
-from common.assets import model_identity, resolve_model
-from common.cli import config_help, exits_2_on_input_error
-from common.logs import add_log_level, map_in_steps, progress_bar, setup_logging
-from common.manifest import read_manifest, write_manifest
-from common.shards import shard_name, shard_path, write_shard
 from generation.schema import ERROR, NUM_TOKENS, PROMPT_ID, SOURCE
-from rewarding.config import ScorerConfig
+from rewarding.config import RewardingConfig
 from rewarding.judge import heldout_pairs, pair_accuracy
 from rewarding.schema import REWARD_MEAN, REWARDS, SCORED_SCHEMA
-from training.config import EvalConfig
+from rsdpo import storage
+from rsdpo.assets import model_identity, resolve_model
+from rsdpo.cli import config_help, exits_2_on_input_error
+from rsdpo.logs import add_log_level, map_in_steps, progress_bar, setup_logging
+from rsdpo.manifest import read_manifest, write_manifest
+from rsdpo.shards import shard_name, shard_path, write_shard
+from training.config import EvaluationConfig
 from training.stats import bootstrap_ci, lc_win_rate, outcomes, wilson_interval
 
 POLICIES = ("sft", "policy")
 
 
-def load_eval_prompts(config: EvalConfig) -> tuple[pa.Table, dict[str, str]]:
+def load_eval_prompts(config: EvaluationConfig) -> tuple[pa.Table, dict[str, str]]:
     """All prompt sets as one PROMPTS table + {prompt_id: set name}. Rejected rows raise: a benchmark
     set that does not load cleanly is a broken install, not data to skip."""
     from generation.prompts import load_prompts
@@ -77,7 +77,7 @@ def load_eval_prompts(config: EvalConfig) -> tuple[pa.Table, dict[str, str]]:
     return pa.concat_tables(tables), set_of
 
 
-def sample(config: EvalConfig, models: dict[str, Path], prompts: pa.Table, make_sampler: Callable) -> dict[str, pa.Table]:
+def sample(config: EvaluationConfig, models: dict[str, Path], prompts: pa.Table, make_sampler: Callable) -> dict[str, pa.Table]:
     """Samples of each model. One vLLM engine at a time (each is freed before the next loads)."""
     samples = {}
     for name, path in models.items():
@@ -91,7 +91,7 @@ def sample(config: EvalConfig, models: dict[str, Path], prompts: pa.Table, make_
     return samples
 
 
-def scorer_names(config: EvalConfig) -> dict[str, ScorerConfig]:
+def scorer_names(config: EvaluationConfig) -> dict[str, RewardingConfig]:
     """{name: scorer config}: "reward" (the training reward), then each judge by its model's name."""
     named = {"reward": config.scorer}
     for judge in config.judges:
@@ -128,7 +128,7 @@ def _groups(set_of: dict[str, str]) -> dict[str, list[str]]:
                                          for s in dict.fromkeys(set_of.values())}
 
 
-def compare(config: EvalConfig, scored: dict[str, pa.Table], set_of: dict[str, str]) -> dict[str, Any]:
+def compare(config: EvaluationConfig, scored: dict[str, pa.Table], set_of: dict[str, str]) -> dict[str, Any]:
     """Per prompt set and overall, one scorer: win rate, length-controlled win rate, intervals, mean
     rewards. Prompts where either model's row errored are left out of the comparison and counted."""
     means = {name: _per_prompt(table, REWARD_MEAN) for name, table in scored.items()}
@@ -164,7 +164,7 @@ def compare(config: EvalConfig, scored: dict[str, pa.Table], set_of: dict[str, s
     return report
 
 
-def lengths(config: EvalConfig, samples: dict[str, pa.Table], set_of: dict[str, str]) -> dict[str, Any]:
+def lengths(config: EvaluationConfig, samples: dict[str, pa.Table], set_of: dict[str, str]) -> dict[str, Any]:
     """Per prompt set and overall: mean response tokens of SFT and policy (per prompt, the mean of its
     k responses) and the mean change with a bootstrap interval, over prompts both sampled cleanly."""
     tokens = {name: _per_prompt(table, NUM_TOKENS) for name, table in samples.items()}
@@ -216,7 +216,7 @@ def plot(scored: dict[str, dict[str, pa.Table]], set_of: dict[str, str], path: P
     plt.close(fig)
 
 
-def evaluate(config: EvalConfig, sft: str, policy: str, output: str | Path, *,
+def evaluate(config: EvaluationConfig, sft: str, policy: str, output: str | Path, *,
              make_sampler: Callable | None = None, make_scorer: Callable | None = None) -> dict[str, Any]:
     """Run the evaluation and write REPORT_DIR. `make_sampler` / `make_scorer` default to the real
     generation.sampler.Sampler and rewarding.scorer.Scorer (tests pass deterministic fakes)."""
@@ -374,7 +374,7 @@ def plot_results(rows: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from cluster.config import stage_config  # a run config is validated whole (entry points only)
 
-    ap = argparse.ArgumentParser(description=__doc__, epilog=config_help({"": EvalConfig}),
+    ap = argparse.ArgumentParser(description=__doc__, epilog=config_help({"": EvaluationConfig}),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sft", required=True, help="the SFT model (the DPO reference): folder or builtin:")
     ap.add_argument("--policy", required=True, help="the trained policy folder (python -m training --output)")

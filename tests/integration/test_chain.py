@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.manifest import read_manifest
+from rsdpo.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

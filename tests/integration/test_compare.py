@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_compare_trains_once_per_distinct_pair_set_and_writes_the_table(tiny_policy, tmp_path):
     pytest.importorskip("vllm")
-    from common.tiny import build_tiny_llama
+    from rsdpo.tiny import build_tiny_llama
     from tests.integration.test_training import subprocess_env
 
     prompts = tmp_path / "prompts.jsonl"

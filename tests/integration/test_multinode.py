@@ -27,7 +27,7 @@ import pytest
 from ray_jobs import PY, ROOT, logs, submit, wait
 
 from cluster.netns import NetnsCluster
-from common.files import TMP_SUFFIX
+from rsdpo.files import TMP_SUFFIX
 
 pytestmark = [
     pytest.mark.integration,

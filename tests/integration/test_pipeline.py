@@ -204,7 +204,7 @@ def test_pairs_card_and_manifest_come_from_the_one_writer(pipeline_run):
 
 def test_inspect_reads_the_run(pipeline_run):
     out, _ = pipeline_run
-    res = _run(["-m", "common.console", "inspect", str(out), "--json"])
+    res = _run(["-m", "rsdpo.console", "inspect", str(out), "--json"])
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout)
     m = json.loads((out / "manifest.json").read_text())

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_faults import ROOT, _config, _kill_group_leftovers
 
-from common import storage
-from common.shards import read_shard
-from common.storage import StorageConfig
 from generation.schema import PROMPT_ID
 from rewarding.schema import SCORED_SCHEMA
+from rsdpo import storage
+from rsdpo.shards import read_shard
+from rsdpo.storage import StorageConfig
 
 pytestmark = pytest.mark.integration
 JSONL = {"a.jsonl": range(0, 4), "b.jsonl": range(4, 7), "more/c.jsonl": range(7, 9)}

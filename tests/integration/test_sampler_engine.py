@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from generation.config import SamplerConfig
+from generation.config import GenerationConfig
 from generation.sampler import EngineFailed, Sampler
 
 pytestmark = pytest.mark.integration
@@ -55,7 +55,7 @@ def _engine_core_pids() -> list[int]:
 
 @pytest.fixture(scope="module")
 def sampler(tiny_policy):
-    s = Sampler(SamplerConfig(model=str(tiny_policy), k=4, max_tokens=32, max_model_len=256))
+    s = Sampler(GenerationConfig(model=str(tiny_policy), k=4, max_tokens=32, max_model_len=256))
     yield s
     s.close()
 
@@ -96,7 +96,7 @@ def test_a_dead_engine_core_fails_every_waiting_call_promptly(tiny_policy):
     from vllm.inputs import TokensPrompt
 
     others = set(_engine_core_pids())  # the module's sampler has one too
-    s = Sampler(SamplerConfig(model=str(tiny_policy), k=2, max_tokens=8, max_model_len=512))
+    s = Sampler(GenerationConfig(model=str(tiny_policy), k=2, max_tokens=8, max_model_len=512))
     (core,) = set(_engine_core_pids()) - others
     errors: list[BaseException] = []
     started = threading.Barrier(4)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.manifest import read_manifest
+from rsdpo.manifest import read_manifest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +138,7 @@ def test_saved_policy_serves_in_vllm_eval(lora_run, tiny_policy, tiny_reward_mod
     scores both with the training reward and a judge (real Scorers): the saved folder loads in vLLM
     as is, and the report compares the two under each scorer, with lengths and pair accuracies."""
     pytest.importorskip("vllm")
-    from common.tiny import build_tiny_llama
+    from rsdpo.tiny import build_tiny_llama
 
     _, policy, _ = lora_run
     judge = build_tiny_llama(tmp_path / "judge", reward=True, seed=3)

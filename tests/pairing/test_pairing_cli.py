@@ -12,13 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.manifest import read_manifest, write_manifest
-from common.shards import read_shards, shard_path, write_shard
 from pairing.__main__ import main
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.schema import CHOSEN, PAIRS_SCHEMA, REJECTED
 from rewarding.schema import REWARD_MEAN, SCORED_SCHEMA
+from rsdpo.manifest import read_manifest, write_manifest
+from rsdpo.shards import read_shards, shard_path, write_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,8 +167,8 @@ def test_sweep_refuses_other_strategies(tmp_path, build, capsys):
 
 
 def test_pair_validate_and_sweep_take_object_store_uris(s3_bucket, build, capsys):
-    """The pairing CLI on a real S3 server: every input and output an s3:// URI (common/storage.py)."""
-    from common import storage
+    """The pairing CLI on a real S3 server: every input and output an s3:// URI (rsdpo/storage.py)."""
+    from rsdpo import storage
 
     run = f"{s3_bucket}/run"
     scored = f"{run}/scored"

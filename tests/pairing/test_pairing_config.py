@@ -1,10 +1,10 @@
-"""PairingConfig: defaults, refusals with field + value + fix, overrides through common.cli."""
+"""PairingConfig: defaults, refusals with field + value + fix, overrides through rsdpo.cli."""
 
 import pytest
 
 from cluster.config import stage_config
-from common.cli import ConfigError, load_config
 from pairing.config import PairingConfig, Strategy
+from rsdpo.cli import ConfigError, load_config
 
 
 def test_defaults_are_the_papers():

@@ -1,18 +1,18 @@
 """Pairs that the training length makes one sequence are dropped and counted (pairing/truncation.py),
-with a real tokenizer and chat template (the tiny BPE one of common/tiny.py)."""
+with a real tokenizer and chat template (the tiny BPE one of rsdpo/tiny.py)."""
 
 import json
 
 import pyarrow.parquet as pq
 import pytest
 
-from common.manifest import read_manifest
-from common.shards import shard_metadata, shard_path
 from pairing.__main__ import main
 from pairing.card import STATS_KEY
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.truncation import Cut, truncation_cuts
+from rsdpo.manifest import read_manifest
+from rsdpo.shards import shard_metadata, shard_path
 
 SAME_START = "The quick brown fox jumps over the lazy dog and the sea"
 CHOSEN, REJECTED = SAME_START + " is calm.", SAME_START + " is rough, wild and loud."
@@ -20,7 +20,7 @@ CHOSEN, REJECTED = SAME_START + " is calm.", SAME_START + " is rough, wild and l
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from common.tiny import build_tokenizer
+    from rsdpo.tiny import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 

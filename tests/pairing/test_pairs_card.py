@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from huggingface_hub import DatasetCard
 
-from common.manifest import read_manifest, write_manifest
-from common.shards import read_shard, shard_path, write_shard
 from pairing.__main__ import run as pair_folder
 from pairing.card import CARD, COUNT_LABELS, read_pairs_stats, write_pairs_meta, write_pairs_shard
 from pairing.config import PairingConfig
 from pairing.pairs import make_pairs
 from pairing.schema import PAIRS_SCHEMA
 from rewarding.schema import SCORED_SCHEMA
+from rsdpo.manifest import read_manifest, write_manifest
+from rsdpo.shards import read_shard, shard_path, write_shard
 
 # A slash that starts a path (not one inside `data/*.parquet` or `../scored`): /tmp/..., /root/...
 ABSOLUTE = re.compile(r"(?<![\w.\-~])/[\w.\-]+/")

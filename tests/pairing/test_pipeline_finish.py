@@ -21,11 +21,11 @@ from cluster.actors import (
 )
 from cluster.config import RunConfig
 from cluster.pipeline import RunState, finish
-from common.manifest import read_manifest
 from generation.prompts import LoadedPrompts
 from generation.schema import PROMPTS_SCHEMA
 from pairing.__main__ import run as pair_folder
 from pairing.card import COUNT_LABELS
+from rsdpo.manifest import read_manifest
 
 
 def _batch(table: pa.Table, shard: str) -> pa.Table:

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pytest
 
 from generation.schema import SAMPLES_SCHEMA
-from rewarding.config import ScorerConfig
+from rewarding.config import RewardingConfig
 from rewarding.scorer import Scorer, kept_positions, last_read_index, length_batches, shared_prefix_len
 
 
@@ -43,7 +43,7 @@ def _samples(convs, responses, refs=None, errors=None):
 
 @pytest.fixture(scope="module")
 def minilm():
-    return Scorer(ScorerConfig())
+    return Scorer(RewardingConfig())
 
 
 def test_embedding_reward_prefers_the_relevant_answer(minilm):
@@ -78,8 +78,8 @@ def test_classifier_returns_raw_logits_independent_of_batching(tiny_reward_model
 
     conv = [[{"role": "user", "content": "Write a poem about rain."}], [{"role": "user", "content": "Hi"}]]
     responses = [["Rain falls on the sea.", "No.", "The quick brown fox jumps over the lazy dog again."], ["Hello!"]]
-    batched = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), batch_size=64))
-    single = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), batch_size=1))
+    batched = Scorer(RewardingConfig(backend="classifier", model=str(tiny_reward_model), batch_size=64))
+    single = Scorer(RewardingConfig(backend="classifier", model=str(tiny_reward_model), batch_size=1))
     a = batched(_samples(conv, responses)).column("rewards").to_pylist()
     b = single(_samples(conv, responses)).column("rewards").to_pylist()
     for x, y in zip(sum(a, []), sum(b, []), strict=True):
@@ -120,7 +120,7 @@ def test_shared_prefix_runs_once_and_rewards_match_running_every_input_in_full(t
     computed = {}
 
     def scorer(share: bool) -> Scorer:
-        sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), share_prefix=share))
+        sc = Scorer(RewardingConfig(backend="classifier", model=str(tiny_reward_model), share_prefix=share))
         real_forward = sc.model.forward
 
         def counting(*args, **kwargs):  # tokens the model runs, padding included
@@ -147,7 +147,7 @@ def test_classifier_refuses_multi_label_models(tmp_path, tiny_reward_model):
     AutoModelForSequenceClassification.from_config(cfg).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(tiny_reward_model).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels=1"):
-        Scorer(ScorerConfig(backend="classifier", model=str(tmp_path)))
+        Scorer(RewardingConfig(backend="classifier", model=str(tmp_path)))
 
 
 def test_out_of_memory_halves_the_batch_down_to_one(minilm, monkeypatch):
@@ -195,7 +195,7 @@ def _long_conversation(words: int) -> list[dict]:
 def test_classifier_keeps_the_response_whole_and_cuts_the_conversation_start(tiny_reward_model):
     """The prompt alone fills max_length: cut on the right (as before), every response lost its
     text and all scored the same. Now the conversation's start goes, the response stays whole."""
-    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), max_length=64))
+    sc = Scorer(RewardingConfig(backend="classifier", model=str(tiny_reward_model), max_length=64))
     conv = _long_conversation(200)
     responses = ["Rain is water falling from clouds.", "No.", "The quick brown fox jumps over the lazy dog."]
     out = sc(_samples([conv], [responses])).to_pylist()[0]
@@ -214,7 +214,7 @@ def test_classifier_keeps_the_response_whole_and_cuts_the_conversation_start(tin
 
 
 def test_a_response_longer_than_max_length_is_a_row_error_not_a_cut(tiny_reward_model):
-    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_reward_model), max_length=32))
+    sc = Scorer(RewardingConfig(backend="classifier", model=str(tiny_reward_model), max_length=32))
     convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Hi"}]]
     long = " ".join(["rain falls on the sea"] * 20)
     rows = sc(_samples(convs, [["Hello!", long], ["Hello!", "Hi."]])).to_pylist()
@@ -230,7 +230,7 @@ def tiny_bert_reward(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from common.tiny import _CORPUS
+    from rsdpo.tiny import _CORPUS
 
     out = tmp_path_factory.mktemp("tiny_bert_rm")
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -256,7 +256,7 @@ def test_encoder_reward_model_reads_a_sentence_pair_with_its_special_tokens(tiny
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    sc = Scorer(ScorerConfig(backend="classifier", model=str(tiny_bert_reward), max_length=48))
+    sc = Scorer(RewardingConfig(backend="classifier", model=str(tiny_bert_reward), max_length=48))
     tok = AutoTokenizer.from_pretrained(tiny_bert_reward)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_reward).eval()
     cls, sep = tok.cls_token_id, tok.sep_token_id
@@ -282,8 +282,8 @@ def test_encoder_reward_model_reads_a_sentence_pair_with_its_special_tokens(tiny
 def test_rewarding_stage_counts_truncations_in_its_manifest_and_warns(tmp_path, capsys, tiny_reward_model):
     import json
 
-    from common.shards import write_shard
     from rewarding.__main__ import main
+    from rsdpo.shards import write_shard
 
     convs = [_long_conversation(200), [{"role": "user", "content": "Hi"}]]
     write_shard(_samples(convs, [["Rain.", "Sun."], ["Hello!", "Hi."]]), tmp_path / "in" / "shard-00000.parquet",

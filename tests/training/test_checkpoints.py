@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from common.manifest import read_manifest, write_manifest
+from rsdpo.manifest import read_manifest, write_manifest
 from training.checkpoints import (
     CHECKPOINTS,
     RUN_RECORD,

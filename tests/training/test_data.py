@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.shards import ShardError
 from pairing.schema import PAIRS_SCHEMA
+from rsdpo.shards import ShardError
 from training.data import pair_counts, read_pairs, shuffle
 
 

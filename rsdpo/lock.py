@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from common.files import atomic_path
+from rsdpo.files import atomic_path
 
 LOCK_NAME = ".rsdpo-driver.lock"  # dot-prefixed: directory readers never take it for data
 LEASE_S = 120.0                   # a record not renewed for this long is stale
@@ -212,7 +212,7 @@ class OutputLock:
     @classmethod
     def at(cls, out: str | Path, **kw) -> OutputLock:
         """The lock of output folder `out`: a local or shared file system path, or an object-store URI."""
-        from common import storage
+        from rsdpo import storage
 
         where = storage.join(out, LOCK_NAME)
         if storage.is_remote(out):

