@@ -128,7 +128,9 @@ def _s3(bucket: str) -> pafs.S3FileSystem:
     endpoint = c.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     # allow_delayed_open: an object smaller than one upload part goes up as one PutObject at close,
     # not as a multipart upload opened before the first byte is written.
-    kwargs: dict = {"allow_delayed_open": True}
+    # Timeouts in seconds: the SDK's default cuts a request off after 3 s without a byte, which a
+    # busy store (or a shard upload on a slow link) exceeds; a batch job would rather wait.
+    kwargs: dict = {"allow_delayed_open": True, "connect_timeout": 10.0, "request_timeout": 60.0}
     if endpoint:
         url = urlsplit(endpoint)
         kwargs |= {"endpoint_override": url.netloc + url.path.rstrip("/"), "scheme": url.scheme or "https"}
