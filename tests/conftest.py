@@ -57,9 +57,11 @@ def pairs_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
-    """A real S3-compatible server (rclone serve s3, tests/s3server.py) on 127.0.0.1 for the session."""
+    """A real S3-compatible server (rclone serve s3, tests/s3server.py) on 127.0.0.1, one per test
+    module: in a full CI run a session-long server was seen spinning at ~87% of a core, idle, for the
+    rest of the run after the first modules had used it; a module's server ends with its module."""
     from s3server import CHECKSUM_ENV, start_s3_server
 
     # pyarrow's AWS SDK reads these when it makes a client: set them before any test makes one
