@@ -195,7 +195,7 @@ def test_pairs_card_and_manifest_come_from_the_one_writer(pipeline_run):
     m = json.loads((out / "pairs" / "manifest.json").read_text())
     assert set(m["counts"]) == set(COUNT_LABELS) and m["made_by"].startswith("rsdpo run")
     assert m["counts"]["candidates_evaluated"] > 0 and m["counts"]["prompts_in"] == 11
-    assert m["counts"]["pairs"] == sum(pq.read_metadata(p).num_rows for p in (out / "pairs").glob("*.parquet"))
+    assert m["counts"]["pairs"] == sum(pq.read_metadata(p).num_rows for p in (out / "pairs" / "data").glob("*.parquet"))
     card = DatasetCard.load(out / "pairs" / "README.md")
     assert card.data.to_dict()["dataset_info"]["splits"][0]["num_examples"] == m["counts"]["pairs"]
     assert f"| candidate ordered pairs evaluated | {m['counts']['candidates_evaluated']} |" in card.text
@@ -223,7 +223,7 @@ def test_the_same_config_writes_the_same_shard_bytes(run_config, pipeline_run, t
     res = _run(["-m", "cluster.run", "--config", str(path), f"output_dir={again}"])
     assert res.returncode == 0, res.stderr[-3000:]
     for sub in ("scored", "pairs"):
-        names = sorted(p.name for p in (out / sub).glob("*.parquet"))
-        assert names and names == sorted(p.name for p in (again / sub).glob("*.parquet"))
-        differ = [n for n in names if (out / sub / n).read_bytes() != (again / sub / n).read_bytes()]
+        names = sorted(p.name for p in (out / sub / "data").glob("*.parquet"))
+        assert names and names == sorted(p.name for p in (again / sub / "data").glob("*.parquet"))
+        differ = [n for n in names if (out / sub / "data" / n).read_bytes() != (again / sub / "data" / n).read_bytes()]
         assert not differ, f"{sub}: {differ} differ between two runs of one config"
