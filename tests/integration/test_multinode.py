@@ -204,8 +204,8 @@ class Watch:
 
 
 KNOWN_FAILURE = pytest.mark.skip(reason="open (issue 13): in its first run at 895b20f the pinned multi-node.yaml job "
-                                "on S3 wrote plan.json and pairs shard-00000 but no scored shard, and its fixture errored; "
-                                "not yet diagnosed")
+                                "on S3 was still running after the fixture's 240 s (3/48 prompts at 0.03 prompts/s, one "
+                                "engine-core exit); not yet diagnosed")
 
 
 @pytest.fixture(scope="module")
