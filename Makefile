@@ -46,7 +46,7 @@ submit: setup               ## submit the job to a running cluster (CONFIG needs
 	$(PY) -m cluster.submit --address $(RAY_DASHBOARD) --working-dir . --config $(CONFIG) $(ARGS)
 
 test: setup                 ## both tiers (what CI runs)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=40 tests
 
 test-fast: setup            ## fast tier only
 	$(PY) -m pytest -q -m "not integration" tests

@@ -203,11 +203,6 @@ class Watch:
             t.join(30)
 
 
-KNOWN_FAILURE = pytest.mark.skip(reason="open (issue 13): in its first run at 895b20f the pinned multi-node.yaml job "
-                                "on S3 was still running after the fixture's 240 s (3/48 prompts at 0.03 prompts/s, one "
-                                "engine-core exit); not yet diagnosed")
-
-
 @pytest.fixture(scope="module")
 def pinned_run(netns_cluster, tiny_policy, tiny_reward_model, tmp_path_factory):
     """The multi-node example config with samplers and scorers pinned to their pools, no fault: the
@@ -220,7 +215,6 @@ def pinned_run(netns_cluster, tiny_policy, tiny_reward_model, tmp_path_factory):
     return res | {"out": out, "state_api_sampler_nodes": watch.sampler_nodes}
 
 
-@KNOWN_FAILURE
 def test_multi_node_config_places_stages_by_custom_resources(netns_cluster, pinned_run):
     out, names = pinned_run["out"], netns_cluster.names
     exactly_once(out, MULTI_NODE_PROMPTS)
@@ -240,7 +234,6 @@ def test_multi_node_config_places_stages_by_custom_resources(netns_cluster, pinn
           f"scorers on {scorer_nodes} ({len(m['placement'])} shards)", flush=True)
 
 
-@KNOWN_FAILURE
 def test_lost_sampler_node(netns_cluster, pinned_run, tiny_policy, tiny_reward_model, tmp_path):
     """SIGKILL every process of the node hosting the sampler once the first shard is committed."""
     uri, out = _on_s3(netns_cluster, "lost-node")
