@@ -122,9 +122,9 @@ class RunConfig(BaseModel):
                 self.pairing.max_length = self.training.max_length
             if self.pairing.tokenizer is None:
                 self.pairing.tokenizer = self.training.model
-        if self.evaluation is not None and "scorer" not in self.evaluation.model_fields_set:
+        if self.evaluation is not None and "rewarding" not in self.evaluation.model_fields_set:
             # the evaluation's training reward is the run's reward (it was MiniLM whatever the run scored with)
-            self.evaluation.scorer = self.rewarding.model_copy(deep=True)
+            self.evaluation.rewarding = self.rewarding.model_copy(deep=True)
         problems = []
         if self.training is not None and storage.is_remote(self.output_dir):
             problems.append(

@@ -172,7 +172,7 @@ def config_keys(model: type[BaseModel], prefix: str = "", defaults: BaseModel | 
     """Every key of `model` with its type, default and description; nested sections flattened (dotted).
 
     Defaults come from `defaults` (an instance), so a section built by a default factory with other
-    values than its class (EvaluationConfig.sampler) shows the values it really gets."""
+    values than its class (EvaluationConfig.generation) shows the values it really gets."""
     defaults = model.model_construct() if defaults is None else defaults
     keys = []
     for name, field in model.model_fields.items():

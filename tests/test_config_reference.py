@@ -60,7 +60,7 @@ def test_keys_carry_types_limits_and_the_defaults_a_section_really_gets():
     assert keys["training"].default == "null" and keys["training.beta"].default == "0.1"
     assert keys["max_error_rate"].type == "float (>= 0, <= 1)"
     ev = {k.key: k for k in config_keys(EvaluationConfig)}
-    # EvaluationConfig.sampler's factory samples k=2 at temperature 0.7, not GenerationConfig's own k=8.
-    assert ev["sampler.k"].default == "2" and ev["sampler.temperature"].default == "0.7"
+    # EvaluationConfig.generation's factory samples k=2 at temperature 0.7, not GenerationConfig's own k=8.
+    assert ev["generation.k"].default == "2" and ev["generation.temperature"].default == "0.7"
     assert ev["prompts"].type == "list[mapping]" and "builtin:mt_bench" in ev["prompts"].default
     assert "prompts[].source" in ev

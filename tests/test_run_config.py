@@ -72,16 +72,16 @@ def test_job_without_a_usable_prompt_writes_the_quarantine_then_exits_2(tmp_path
 
 def test_evaluation_scores_with_the_runs_reward():
     """The evaluation's training reward is the run's `rewarding` section (the chain used the MiniLM
-    default even when the run's reward was a classifier), unless evaluation.scorer is set; a stage
+    default even when the run's reward was a classifier), unless evaluation.rewarding is set; a stage
     run alone (python -m training.eval --config RUN) gets the same."""
     cfg = load_config(RunConfig, "cluster/configs/default.yaml",
                       ["rewarding.backend=classifier", "rewarding.model=/models/rm", "rewarding.max_length=300"])
     ecfg = cfg.evaluation
-    assert (ecfg.scorer.backend, ecfg.scorer.model, ecfg.scorer.max_length) == ("classifier", "/models/rm", 300)
+    assert (ecfg.rewarding.backend, ecfg.rewarding.model, ecfg.rewarding.max_length) == ("classifier", "/models/rm", 300)
     assert [j.model for j in ecfg.judges] == ["builtin:smollm2-judge"]
     own = load_config(RunConfig, "cluster/configs/default.yaml",
-                      ["rewarding.backend=classifier", "rewarding.model=/models/rm", "evaluation.scorer.max_length=128"])
-    assert own.evaluation.scorer.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept
+                      ["rewarding.backend=classifier", "rewarding.model=/models/rm", "evaluation.rewarding.max_length=128"])
+    assert own.evaluation.rewarding.model == "builtin:all-minilm-l6-v2"  # set explicitly: kept
     assert (cfg.pairing.max_length, cfg.pairing.tokenizer) == (256, "builtin:smollm2-135m-instruct")
 
 
@@ -145,3 +145,10 @@ def test_custom_resources_pin_stages_and_refuse_rays_own():
         load_config(RunConfig, None, ["resources.sampler_resources.GPU=1", "resources.scorer_resources.pool=0"])
     assert "resources.sampler_resources.GPU: Ray's own resource" in str(e.value)
     assert "resources.scorer_resources.pool = 0.0: must be > 0" in str(e.value)
+
+
+def test_the_old_evaluation_section_names_are_refused_naming_the_new_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, None, ["evaluation.sampler.k=2", "evaluation.scorer.max_length=64"])
+    assert "evaluation.sampler is now evaluation.generation" in str(e.value)
+    assert "evaluation.scorer is now evaluation.rewarding" in str(e.value)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from generation.config import GenerationConfig, PromptsConfig, Split
 from rewarding.config import BUILTIN_JUDGE, Backend, RewardingConfig
@@ -132,11 +132,11 @@ class EvaluationConfig(BaseModel):
 
     prompts: list[PromptsConfig] = Field(default_factory=_default_eval_prompts,
                                          description="prompt sets, reported one by one and together")
-    sampler: GenerationConfig = Field(
+    generation: GenerationConfig = Field(
         default_factory=lambda: GenerationConfig(k=2, temperature=0.7, max_tokens=256),
         description="sampling for both policies (`model` is ignored: --sft / --policy choose them); "
         "k responses per prompt, compared by their mean reward")
-    scorer: RewardingConfig = Field(
+    rewarding: RewardingConfig = Field(
         default_factory=RewardingConfig, description="the training reward: the scorer the pairs were made with "
         "(a run config sets it to its `rewarding` section unless this is set)")
     judges: list[RewardingConfig] = Field(
@@ -151,3 +151,13 @@ class EvaluationConfig(BaseModel):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples over prompts")
     seed: int = Field(0, description="sampling run seed (both policies get the same per-prompt seeds) "
                       "and bootstrap seed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = [f"evaluation.{k} is now evaluation.{new} (named as the run's own section)"
+                   for k, new in (("sampler", "generation"), ("scorer", "rewarding")) if k in data]
+            if old:
+                raise ValueError("; ".join(old))
+        return data

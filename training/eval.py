@@ -81,7 +81,7 @@ def sample(config: EvaluationConfig, models: dict[str, Path], prompts: pa.Table,
     """Samples of each model. One vLLM engine at a time (each is freed before the next loads)."""
     samples = {}
     for name, path in models.items():
-        sampler = make_sampler(config.sampler.model_copy(update={"model": str(path), "seed": config.seed}))
+        sampler = make_sampler(config.generation.model_copy(update={"model": str(path), "seed": config.seed}))
         with progress_bar(prompts.num_rows, f"sample {name}") as bar:
             samples[name] = sampler(prompts, progress=bar.update)
         if hasattr(sampler, "close"):
@@ -93,7 +93,7 @@ def sample(config: EvaluationConfig, models: dict[str, Path], prompts: pa.Table,
 
 def scorer_names(config: EvaluationConfig) -> dict[str, RewardingConfig]:
     """{name: scorer config}: "reward" (the training reward), then each judge by its model's name."""
-    named = {"reward": config.scorer}
+    named = {"reward": config.rewarding}
     for judge in config.judges:
         base = Path(judge.model.removeprefix("builtin:")).name or "judge"
         name, n = base, 2

@@ -35,7 +35,7 @@ def test_compare_trains_once_per_distinct_pair_set_and_writes_the_table(tiny_pol
         "training": {"max_length": 64, "num_workers": 1,
                      "dpo": {"per_device_train_batch_size": 2, "max_steps": 2, "logging_steps": 1}},
         "evaluation": {"prompts": [{"source": "builtin:mt_bench", "limit": 4}],
-                       "sampler": {"k": 2, "max_tokens": 8, "max_model_len": 256},
+                       "generation": {"k": 2, "max_tokens": 8, "max_model_len": 256},
                        "judges": [{"backend": "classifier", "model": str(judge)}],
                        "judge_check_prompts": 2, "bootstrap": 100},
     }

@@ -82,7 +82,7 @@ def _eval_fixture(tmp_path, tiny_policy, tiny_reward_model, trained_on_pairs: bo
         write_manifest(tmp_path / "pairs", {"models": {"reward": model_identity(tiny_reward_model)}})
         write_manifest(policy, {"stage": "training", "input": str(tmp_path / "pairs")})
     config = EvaluationConfig(prompts=[PromptsConfig(source=str(prompts))], bootstrap=200, judge_check_prompts=4,
-                        scorer=RewardingConfig(backend="classifier", model=str(tiny_reward_model)),
+                        rewarding=RewardingConfig(backend="classifier", model=str(tiny_reward_model)),
                         judges=[RewardingConfig(backend="classifier", model=str(judge))])
     return config, policy
 
@@ -128,9 +128,9 @@ def test_only_the_training_reward_warns(tmp_path, tiny_policy, tiny_reward_model
 
 def test_eval_config_file_sections(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("prompts: {split: train}\ntraining: {}\nevaluation:\n  sampler: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
-    c = stage_config("evaluation", f, ["scorer.backend=classifier"])
-    assert c.sampler.k == 3 and c.prompts[0].limit == 5 and c.scorer.backend == "classifier"
+    f.write_text("prompts: {split: train}\ntraining: {}\nevaluation:\n  generation: {k: 3}\n  prompts: [{source: builtin:mt_bench, limit: 5}]\n")
+    c = stage_config("evaluation", f, ["rewarding.backend=classifier"])
+    assert c.generation.k == 3 and c.prompts[0].limit == 5 and c.rewarding.backend == "classifier"
 
 
 def test_results_table_and_plot_name_every_scorer_and_interval(tmp_path):
