@@ -119,13 +119,11 @@ def _model_line(role: str, identity: dict) -> str:
     return f"- {role}: `{name}`" + (f" (content sha256 {digest}...)" if digest else "")
 
 
-def _plot_spreads(path: str, spreads: np.ndarray, config: PairingConfig) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def _plot_spreads(path: str, spreads: np.ndarray, config: PairingConfig) -> None:
+    import matplotlib  # a dependency (pyproject.toml): a missing one is a broken install, not a card without a plot
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(spreads, bins=min(50, max(5, len(spreads) // 5)), color="tab:blue", alpha=0.8)
     if config.strategy == Strategy.RS_DPO:
@@ -137,7 +135,6 @@ def _plot_spreads(path: str, spreads: np.ndarray, config: PairingConfig) -> bool
     fig.tight_layout()
     storage.write_figure(path, fig)
     plt.close(fig)
-    return True
 
 
 def _settings(config: PairingConfig) -> str:
@@ -248,7 +245,8 @@ def write_pairs_meta(out_dir: str | Path, config: PairingConfig, shards: list[st
         f'# any Parquet reader takes the shards as they are: pandas.read_parquet("path/to/this/folder/{DATA}")',
         "```",
     ]
-    if len(spreads) and _plot_spreads(storage.join(out, SPREAD_PLOT), np.asarray(spreads), config):
+    if len(spreads):
+        _plot_spreads(storage.join(out, SPREAD_PLOT), np.asarray(spreads), config)
         lines += ["", "## Reward spread", "",
                   f"Per-prompt reward spread (max - min over eligible responses), {len(spreads)} prompts; "
                   "a prompt can yield an rs-dpo pair only if its spread exceeds the dashed threshold.",
