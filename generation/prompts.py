@@ -10,25 +10,43 @@ Accepted input rows (JSONL: one JSON object per line; Parquet: same columns):
   {"prompt": [{"role": "user", "content": "..."}, ...]}  or "messages": [...] (multi-turn)
   optional "prompt_id" (or "id"), optional "reference" (a reference answer)
 Without an id, the id is a hash of the conversation, so it is stable across runs and shardings.
+
+Two passes, so a job of millions of prompts never holds their text in one process:
+scan_prompts validates every row once and keeps an index (id, content digest, file, locator);
+read_prompts reads a subset of the index back as PROMPTS_SCHEMA rows (one shard's, in a Ray
+task). load_prompts does both for sets that fit in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from generation.config import PromptsConfig, Split
-from generation.schema import PROMPT, PROMPT_ID, PROMPTS_SCHEMA, REFERENCE, SOURCE
+from generation.schema import (
+    FILE,
+    LOCATOR,
+    PROMPT,
+    PROMPT_DIGEST,
+    PROMPT_ID,
+    PROMPT_INDEX_SCHEMA,
+    PROMPTS_SCHEMA,
+    REFERENCE,
+    SOURCE,
+)
 from rsdpo import storage
 from rsdpo.assets import dist_file
 from rsdpo.errors import InputError
 
 PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")
+LINE_READ_BYTES = 1 << 16  # a shard's read of one JSONL row asks for this much from the row's offset
 ROLES = {"system", "user", "assistant"}
 
 
@@ -118,10 +136,13 @@ def prompt_files(source: str) -> list[str]:
     return files
 
 
-def _read_jsonl(path: str) -> tuple[list[tuple[str, Any]], list[dict]]:
-    rows, rejects = [], []
+def _jsonl_rows(path: str, rejects: list[dict]) -> Iterator[tuple[int, str, Any, bytes]]:
+    """(byte offset, where, parsed row, raw line) per non-blank line, read as it goes; unreadable
+    lines go to `rejects`."""
+    offset = 0
     with storage.open_input(path) as f:
         for n, raw in enumerate(f, start=1):
+            at, offset = offset, offset + len(raw)
             where = f"{path}:{n}"
             if not raw.strip():
                 continue  # blank lines are not rows
@@ -133,26 +154,36 @@ def _read_jsonl(path: str) -> tuple[list[tuple[str, Any]], list[dict]]:
                                 "raw": raw[:200].decode("utf-8", "replace")})
                 continue
             try:
-                rows.append((where, json.loads(line)))
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 rejects.append({"source": str(path), "line": where, "field": None,
                                 "reason": f"{where}: malformed JSON ({e.msg} at column {e.colno})", "raw": line[:200]})
+                continue
             except (ValueError, RecursionError) as e:  # valid JSON past Python's limits
                 why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
                 rejects.append({"source": str(path), "line": where, "field": None,
                                 "reason": f"{where}: JSON value not readable ({why})", "raw": line[:200]})
-    return rows, rejects
+                continue
+            yield at, where, obj, raw
 
 
-def _read_parquet(path: str) -> list[tuple[str, Any]]:
+def _parquet_file(path: str):
     import pyarrow.parquet as pq
 
     fs, inner = storage.filesystem(path)
     try:
-        table = pq.read_table(inner, filesystem=fs)
+        return pq.ParquetFile(fs.open_input_file(inner))
     except (pa.ArrowInvalid, OSError) as e:
         raise PromptError(f"{path}: not a readable Parquet file ({e})") from e
-    return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist())]
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[int, str, Any, None]]:
+    """(row number, where, row, None), a batch of rows at a time: the file is never held whole."""
+    n = 0
+    for batch in _parquet_file(path).iter_batches(batch_size=8192):
+        for row in batch.to_pylist():
+            yield n, f"{path}:row {n}", row, None
+            n += 1
 
 
 def _dist_path(dist: str, suffix: str) -> Path:
@@ -192,35 +223,55 @@ def in_heldout(prompt_id: str, fraction: float) -> bool:
     return int(_stable_hash(f"heldout:{prompt_id}")[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
-    """Read, validate and normalise prompts; every input row ends up in `table` or `rejects`."""
-    rejects: list[dict] = []
-    builtin = cfg.source.startswith("builtin:")
-    raw_rows: list[tuple[str, str, Any]] = []   # (file, where, row): the file names the row's source
-    if builtin:
-        raw_rows = [(cfg.source, where, obj) for where, obj in _builtin(cfg.source.removeprefix("builtin:"), cfg)]
-    else:
-        for file in prompt_files(cfg.source):
-            if file.endswith(".parquet"):
-                rows = _read_parquet(file)
-            else:
-                rows, bad = _read_jsonl(file)
-                rejects += bad
-            raw_rows += [(file, where, obj) for where, obj in rows]
+@dataclass
+class PromptIndex:
+    """Every usable prompt's id, a digest of its content and where to read it again, without its
+    text: a million 1 KB prompts index in tens of MB. Shards read their own rows (read_prompts)."""
 
-    ids, messages, refs, sources = [], [], [], []
+    table: pa.Table                                     # PROMPT_INDEX_SCHEMA, in input order
+    files: list[str]                                    # what the FILE column numbers
+    rejects: list[dict[str, Any]] = field(default_factory=list)  # {source, line, field, reason, raw}
+
+
+def _digest(obj: Any, raw: bytes | None) -> bytes:
+    """What a resumed run compares per prompt: the raw JSONL line as written (any edit changes it),
+    else the row's canonical JSON."""
+    return hashlib.sha256(raw if raw is not None else json.dumps(obj, sort_keys=True, default=str).encode()).digest()[:16]
+
+
+def _rows(cfg: PromptsConfig, files: list[str], rejects: list[dict]) -> Iterator[tuple[int, int, str, Any, bytes | None]]:
+    """(file number, locator, where, row, raw line or None) for every row of the source, as it is read.
+    A locator finds the row again: a JSONL byte offset, a Parquet row number, a builtin set's index."""
+    if cfg.source.startswith("builtin:"):
+        for i, (where, obj) in enumerate(_builtin(cfg.source.removeprefix("builtin:"), cfg)):
+            yield 0, i, where, obj, None
+        return
+    for n, file in enumerate(files):
+        rows = _parquet_rows(file) if file.endswith(".parquet") else _jsonl_rows(file, rejects)
+        for loc, where, obj, raw in rows:
+            yield n, loc, where, obj, raw
+
+
+def scan_prompts(cfg: PromptsConfig) -> PromptIndex:
+    """Read and validate every row once (up to `limit` usable ones), keeping id, digest and locator;
+    every row read ends up in the index, in `rejects`, or (split) deliberately in neither."""
+    files = [cfg.source] if cfg.source.startswith("builtin:") else prompt_files(cfg.source)
+    rejects: list[dict] = []
+    ids, digests, file_nos, locators = [], [], [], []
     first_seen: dict[str, str] = {}
-    for file, where, obj in raw_rows:
+    for n, loc, where, obj, raw in _rows(cfg, files, rejects):
+        if cfg.limit is not None and len(ids) >= cfg.limit:
+            break
         try:
-            pid, msgs, ref = _normalise(obj, where)
+            pid, msgs, _ = _normalise(obj, where)
         except PromptError as e:
-            rejects.append({"source": file, "line": where, "field": e.field, "reason": str(e),
+            rejects.append({"source": files[n], "line": where, "field": e.field, "reason": str(e),
                             "raw": json.dumps(obj, default=str)[:200]})
             continue
         if pid is None:
             pid = "p-" + _stable_hash(json.dumps(msgs, sort_keys=True))[:16]
         if pid in first_seen:
-            rejects.append({"source": file, "line": where, "field": "prompt_id",
+            rejects.append({"source": files[n], "line": where, "field": "prompt_id",
                             "reason": f"{where}: duplicate prompt_id {pid!r} (first at {first_seen[pid]})",
                             "raw": json.dumps(obj, default=str)[:200]})
             continue
@@ -228,18 +279,76 @@ def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
             continue  # not an error: the other split
         first_seen[pid] = where
         ids.append(pid)
+        digests.append(_digest(obj, raw))
+        file_nos.append(n)
+        locators.append(loc)
+    table = pa.table({PROMPT_ID: ids, PROMPT_DIGEST: digests, FILE: file_nos, LOCATOR: locators},
+                     schema=PROMPT_INDEX_SCHEMA)
+    return PromptIndex(table, files, rejects)
+
+
+def _read_file_rows(file: str, locs: list[int]) -> dict[int, tuple[str, Any, bytes | None]]:
+    """{locator: (where, row, raw line)} of one prompt file's rows at `locs`."""
+    found = {}
+    if file.endswith(".parquet"):
+        pf = _parquet_file(file)
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        for g in sorted({int(np.searchsorted(starts, loc, side="right")) - 1 for loc in locs}):
+            group = pf.read_row_group(g).to_pylist()  # only the row groups holding these rows
+            found |= {loc: (f"{file}:row {loc}", group[loc - starts[g]], None)
+                      for loc in locs if starts[g] <= loc < starts[g + 1]}
+        return found
+    fs, inner = storage.filesystem(file)
+    with fs.open_input_file(inner) as f:
+        for loc in sorted(locs):  # in file order
+            raw, pos = b"", loc
+            while not raw.endswith(b"\n"):  # the line from its offset: a ranged read on an object store
+                chunk = f.read_at(LINE_READ_BYTES, pos)
+                if not chunk:
+                    break
+                cut = chunk.find(b"\n")
+                raw += chunk if cut < 0 else chunk[:cut + 1]
+                pos += len(chunk)
+            found[loc] = (f"{file}:byte {loc}", json.loads(raw), raw)
+    return found
+
+
+def read_prompts(cfg: PromptsConfig, files: list[str], rows: pa.Table) -> pa.Table:
+    """The PROMPTS_SCHEMA rows of `rows` (PROMPT_INDEX_SCHEMA rows from scan_prompts(cfg), whose
+    `files` they number), in their order. Each row is read again by its locator and validated again;
+    one that is no longer the row that was planned (edited mid-job) raises PromptError naming it."""
+    ids, file_nos, locs, digests = (rows.column(c).to_pylist() for c in (PROMPT_ID, FILE, LOCATOR, PROMPT_DIGEST))
+    builtin = cfg.source.startswith("builtin:")
+    found: dict[tuple[int, int], tuple[str, Any, bytes | None]] = {}
+    if builtin:
+        listed = _builtin(cfg.source.removeprefix("builtin:"), cfg)
+        found = {(0, loc): (*listed[loc], None) for loc in locs}
+    else:
+        for n in sorted(set(file_nos)):
+            part = _read_file_rows(files[n], [loc for f, loc in zip(file_nos, locs, strict=True) if f == n])
+            found |= {(n, loc): v for loc, v in part.items()}
+    messages, refs, sources = [], [], []
+    for pid, n, loc, digest in zip(ids, file_nos, locs, digests, strict=True):
+        where, obj, raw = found[(n, loc)]
+        if _digest(obj, raw) != digest:
+            raise PromptError(f"{where}: this row changed since the job was planned (expected prompt {pid!r}); "
+                              f"prompt files must not be edited while a job reads them. Re-run to re-plan.")
+        _, msgs, ref = _normalise(obj, where)
         messages.append(msgs)
         refs.append(ref if cfg.use_reference else None)
         # a builtin set names each row's subset; a file's rows come from that file
-        sources.append(obj["_source"] if builtin else file)
-    if cfg.limit is not None:
-        ids, messages, refs, sources = ids[: cfg.limit], messages[: cfg.limit], refs[: cfg.limit], sources[: cfg.limit]
-    table = pa.table({PROMPT_ID: ids, PROMPT: messages, REFERENCE: refs, SOURCE: sources}, schema=PROMPTS_SCHEMA)
-    return LoadedPrompts(table, rejects)
+        sources.append(obj["_source"] if builtin else files[n])
+    return pa.table({PROMPT_ID: ids, PROMPT: messages, REFERENCE: refs, SOURCE: sources}, schema=PROMPTS_SCHEMA)
 
 
+def load_prompts(cfg: PromptsConfig) -> LoadedPrompts:
+    """Read, validate and normalise prompts into one table (for sets that fit in memory: a stage run
+    on its own, evaluation); every input row read ends up in `table` or `rejects`."""
+    index = scan_prompts(cfg)
+    return LoadedPrompts(read_prompts(cfg, index.files, index.table), index.rejects)
 
-def check_usable(loaded: LoadedPrompts, cfg: PromptsConfig, quarantine: str | None) -> None:
+
+def check_usable(loaded: LoadedPrompts | PromptIndex, cfg: PromptsConfig, quarantine: str | None) -> None:
     """Raise PromptError when no row is usable. Call it once the rejects are written to `quarantine`
     (generation.quarantine.write_quarantine), so the reasons the message points at are on disk."""
     if loaded.table.num_rows == 0:

@@ -8,10 +8,17 @@ from cluster.actors import (
     ENGINE_BUSY,
     SAMPLER_ID,
     SAMPLER_NODE,
+    SAMPLER_READY,
+    SCORER_ID,
     SCORER_NODE,
+    SCORER_READY,
     SHARD,
+    SHARD_DIGEST,
+    T_READ,
     T_SAMPLE,
+    T_SAMPLE_START,
     T_SCORE,
+    T_SCORE_START,
     commit_shard,
     pack,
     unpack,
@@ -23,8 +30,10 @@ from rsdpo import storage
 from rsdpo.shards import read_shard
 from rsdpo.storage import StorageConfig
 
-META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", SAMPLER_NODE: "node-a", T_SCORE: 0.5,
-        SCORER_NODE: "node-b"}
+META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", T_SCORE: 0.5,  # the actors' bookkeeping
+        SAMPLER_NODE: "node-a", SCORER_NODE: "node-b",
+        SHARD_DIGEST: "d", T_READ: 0.0, T_SAMPLE_START: 0.0, SAMPLER_READY: 0.0, T_SCORE_START: 0.0,
+        SCORER_ID: "actor-2", SCORER_READY: 0.0}
 
 
 def _scored(n: int, k: int = 4, seed: int = 0) -> pa.Table:

@@ -162,3 +162,44 @@ def test_temperature_is_bounded_where_vllm_bounds_it():
     with pytest.raises(ValidationError, match="temperature"):
         GenerationConfig(temperature=2.5)
     assert SamplingParams(temperature=GenerationConfig(temperature=2).temperature).temperature == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_shard_reads_its_own_rows_by_locator(tmp_path, fmt):
+    """scan_prompts keeps ids, digests and locators only; read_prompts fetches any subset of rows,
+    in the order asked, equal to what loading the whole file gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from generation.prompts import read_prompts, scan_prompts
+
+    rows = [{"prompt_id": f"r{i}", "prompt": f"question {i} " + "x" * (i % 7), "reference": f"ref {i}"}
+            for i in range(40)]
+    if fmt == "jsonl":
+        path = _write(tmp_path, [json.dumps(r).encode() for r in rows[:20]] + [b"", b"{broken"]
+                      + [json.dumps(r).encode() for r in rows[20:]])
+    else:
+        path = tmp_path / "prompts.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=8)  # a shard spans row groups
+    cfg = PromptsConfig(source=str(path))
+    index = scan_prompts(cfg)
+    assert index.table.column_names == ["prompt_id", "prompt_digest", "file", "locator"]
+    whole = load_prompts(cfg).table
+    pick = [33, 2, 17, 8, 39]
+    part = read_prompts(cfg, index.files, index.table.take(pick))
+    assert part.to_pylist() == whole.take(pick).to_pylist()
+    assert part.column("prompt_id").to_pylist() == [f"r{i}" for i in pick]
+
+
+def test_a_row_edited_after_planning_is_refused_when_its_shard_reads_it(tmp_path):
+    from generation.prompts import read_prompts, scan_prompts
+
+    rows = [{"prompt_id": f"r{i}", "prompt": f"question {i}"} for i in range(4)]
+    path = _write(tmp_path, [json.dumps(r).encode() for r in rows])
+    cfg = PromptsConfig(source=str(path))
+    index = scan_prompts(cfg)
+    rows[2]["prompt"] = "question 9"  # same length: the byte offsets still match
+    _write(tmp_path, [json.dumps(r).encode() for r in rows])
+    assert read_prompts(cfg, index.files, index.table.take([0, 1])).num_rows == 2
+    with pytest.raises(PromptError, match=r"prompts.jsonl:byte \d+: this row changed since the job was planned"):
+        read_prompts(cfg, index.files, index.table.take([2]))

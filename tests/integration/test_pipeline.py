@@ -12,6 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cluster.plan import SHARD_META
+from rsdpo.shards import list_shards, shard_metadata
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 TAU, ETA = 0.02, 0.85
@@ -227,3 +230,18 @@ def test_the_same_config_writes_the_same_shard_bytes(run_config, pipeline_run, t
         assert names and names == sorted(p.name for p in (again / sub / "data").glob("*.parquet"))
         differ = [n for n in names if (out / sub / "data" / n).read_bytes() != (again / sub / "data" / n).read_bytes()]
         assert not differ, f"{sub}: {differ} differ between two runs of one config"
+
+
+def test_run_writes_its_timeline_and_footers_carry_the_totals(pipeline_run):
+    out, _ = pipeline_run
+    m = json.loads((out / "manifest.json").read_text())
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spans = m["timeline"]["spans"]
+    assert len(spans) == m["counts"]["shards"]
+    for s in spans:  # read, then sampled, scored, committed, in that order
+        assert s["t_read"] <= s["t_sample_start"] <= s["t_score_start"] <= s["commit_start"] <= s["committed_at"]
+    tp = m["throughput"]
+    assert 0 < tp["steady_wall_s"] < tp["wall_s"] and 0 < tp["engine_busy_share"] <= 1
+    footers = [json.loads(shard_metadata(p)[SHARD_META]) for p in list_shards(out / "scored")]
+    assert sum(f["pairs"] for f in footers) == m["counts"]["pairs"]
+    assert sum(f["prompts"] for f in footers) == m["counts"]["rows_out"] + m["counts"]["row_errors"]

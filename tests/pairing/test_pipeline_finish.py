@@ -8,21 +8,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cluster.actors import (
-    ENGINE_BUSY,
-    SAMPLER_ID,
-    SAMPLER_NODE,
-    SCORER_NODE,
-    SHARD,
-    T_SAMPLE,
-    T_SCORE,
-    commit_shard,
-    pack,
-)
+from cluster import actors
+from cluster.actors import commit_shard, pack
 from cluster.config import RunConfig
 from cluster.pipeline import RunState, finish
-from generation.prompts import LoadedPrompts
-from generation.schema import PROMPTS_SCHEMA
+from cluster.plan import plan_shards
+from generation.prompts import PromptIndex
+from generation.schema import PROMPT_INDEX_SCHEMA
 from pairing.__main__ import run as pair_folder
 from pairing.card import COUNT_LABELS
 from rsdpo.manifest import read_manifest
@@ -30,8 +22,12 @@ from rsdpo.manifest import read_manifest
 
 def _batch(table: pa.Table, shard: str) -> pa.Table:
     """A shard as the scorer actors hand it on: one row (cluster/actors.py)."""
-    return pack(table, {SHARD: shard, T_SAMPLE: 1.0, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", SAMPLER_NODE: "node-a",
-                        T_SCORE: 0.5, SCORER_NODE: "node-b"})
+    now = time.time()
+    return pack(table, {actors.SHARD: shard, actors.SHARD_DIGEST: "d", actors.T_READ: now, actors.T_SAMPLE_START: now,
+                        actors.T_SAMPLE: 1.0, actors.ENGINE_BUSY: 1.0, actors.SAMPLER_ID: "actor-1",
+                        actors.SAMPLER_NODE: "node-a", actors.SAMPLER_READY: now, actors.T_SCORE_START: now,
+                        actors.T_SCORE: 0.5, actors.SCORER_ID: "actor-2", actors.SCORER_NODE: "node-b",
+                        actors.SCORER_READY: now})
 
 
 def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_path, build):
@@ -44,11 +40,13 @@ def test_finish_writes_the_pairs_card_and_manifest_of_every_committed_shard(tmp_
                  cfg.storage)
     row = commit_shard(_batch(tables["shard-00001"], "shard-00001"), cfg.output_dir,
                        cfg.pairing.model_dump(mode="json"), cfg.storage).to_pylist()[0]
-    prompts = pa.concat_tables([t.select(PROMPTS_SCHEMA.names) for t in tables.values()])
+    ids = [pid for t in tables.values() for pid in t.column("prompt_id").to_pylist()]
+    index = pa.table({"prompt_id": ids, "prompt_digest": [bytes(16)] * len(ids), "file": [0] * len(ids),
+                      "locator": range(len(ids))}, schema=PROMPT_INDEX_SCHEMA)
     models = {"policy": {"path": "/models/policy-sft", "sha256": "ab" * 32},
               "reward": {"path": "/models/rm", "sha256": "cd" * 32}}
-    run = finish(RunState(cfg=cfg, loaded=LoadedPrompts(prompts), plan=list(tables.items()), models=models,
-                          t_start=time.time() - 10, committed=[row]))
+    run = finish(RunState(cfg=cfg, index=PromptIndex(index, ["prompts.jsonl"]), plan=plan_shards(index, cfg),
+                          models=models, t_start=time.time() - 10, committed=[row]))
 
     out = Path(cfg.out)
     manifest = read_manifest(out / "pairs")

@@ -1,0 +1,69 @@
+"""A picture of one run: each shard's sample, score and commit spans, one lane per actor, drawn
+from the summary rows the commit tasks return (cluster.actors.commit_shard). The job writes it as
+OUT/timeline.png next to its manifest; idle engines, a slow scorer or a long tail show as gaps.
+
+    python -m cluster.timeline OUT   # redraw OUT/timeline.png from OUT/manifest.json's spans (local or s3://)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rsdpo import storage
+
+TIMELINE = "timeline.png"
+SPAN_KEYS = ("shard", "t_read", "t_sample_start", "t_sample", "t_score_start", "t_score", "commit_start",
+             "committed_at", "sampler_id", "scorer_id", "writer_pid")
+
+
+def spans(committed: list[dict]) -> list[dict]:
+    """The per-shard timing fields of the commit summaries (what the manifest keeps to redraw)."""
+    return [{k: row[k] for k in SPAN_KEYS} for row in committed]
+
+
+def draw(rows: list[dict], t0: float, path: str, title: str) -> str:
+    """Write the timeline of `rows` (spans()) with times relative to `t0` (the job's start)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: a worker or CI machine has none
+    import matplotlib.pyplot as plt
+
+    lanes: dict[tuple[str, str], int] = {}
+    def lane(kind: str, who) -> int:
+        return lanes.setdefault((kind, str(who)), len(lanes))
+    for row in sorted(rows, key=lambda r: r["t_sample_start"]):
+        lane("sampler", row["sampler_id"])
+    for row in rows:
+        lane("scorer", row["scorer_id"])
+    for row in rows:
+        lane("writer", row["writer_pid"])
+    colours = {"sampler": "tab:blue", "scorer": "tab:orange", "writer": "tab:green"}
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.7 * len(lanes)))
+    for i, row in enumerate(sorted(rows, key=lambda r: r["t_sample_start"])):
+        # shards in flight on one engine overlap: stagger them inside the lane so each stays visible
+        dy = (i % 3) * 0.22 - 0.22
+        y = lane("sampler", row["sampler_id"])
+        ax.barh(y + dy, row["t_sample"], left=row["t_sample_start"] - t0, height=0.2, color=colours["sampler"],
+                edgecolor="white", linewidth=0.3)
+        ax.plot([row["t_read"] - t0], [y + dy], marker="|", color="black", markersize=4)
+        ax.barh(lane("scorer", row["scorer_id"]), row["t_score"], left=row["t_score_start"] - t0, height=0.6,
+                color=colours["scorer"], edgecolor="white", linewidth=0.3)
+        ax.barh(lane("writer", row["writer_pid"]), row["committed_at"] - row["commit_start"],
+                left=row["commit_start"] - t0, height=0.6, color=colours["writer"], edgecolor="white", linewidth=0.3)
+    ax.set_yticks(range(len(lanes)), [f"{kind} {who[-6:]}" for kind, who in lanes])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the job started (| = shard prompts read)")
+    ax.set_title(title, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, ["sample (per shard, staggered)", "score", "pair + write"], loc="lower right", fontsize=8)
+    fig.tight_layout()
+    storage.write_figure(path, fig, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    m = json.loads(storage.read_text(storage.join(out, "manifest.json")))
+    print(draw(m["timeline"]["spans"], m["timeline"]["t0"], storage.join(out, TIMELINE), m["timeline"]["title"]))
