@@ -150,7 +150,10 @@ def build_dataset(cfg: RunConfig, index: PromptIndex, todo: list[Shard]) -> ray.
     out, r = cfg.out, cfg.resources
     source = ShardSource(cfg.prompts, index.files, cfg.storage,
                          [(s.name, s.digest, index.table.take(s.rows)) for s in todo])
-    ds = ray.data.read_datasource(source, ray_remote_args={"runtime_env": {"env_vars": WORKER_ENV}})
+    # A read task is I/O, light as a commit: with the default 1 CPU it waited forever beside a sampler
+    # (1 CPU) and a scorer (0.5) on 2 CPUs. One block per shard: Ray Data must not split them.
+    ds = ray.data.read_datasource(source, override_num_blocks=len(todo), num_cpus=r.writer_num_cpus,
+                                  ray_remote_args={"runtime_env": {"env_vars": WORKER_ENV}})
     # batch_size=1: one row, so one shard, per call. Ray Data refuses batch_size=None (the whole
     # block) for a stage that asks for GPUs ("You must provide `batch_size` to `map_batches` when
     # requesting GPUs"), and a row count over prompts would bundle small tail shards together.

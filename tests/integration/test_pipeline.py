@@ -70,6 +70,22 @@ def test_manifest_counts_add_up(pipeline_run):
     assert (out / "quarantine.jsonl").read_text().count("malformed JSON") == 1
 
 
+def test_run_writes_its_timeline_and_footers_carry_the_totals(pipeline_run):
+    """(Before the re-run test: a re-run that commits nothing writes a manifest without spans.)"""
+    out, _ = pipeline_run
+    m = json.loads((out / "manifest.json").read_text())
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spans = m["timeline"]["spans"]
+    assert len(spans) == m["counts"]["shards"]
+    for s in spans:  # read, then sampled, scored, committed, in that order
+        assert s["t_read"] <= s["t_sample_start"] <= s["t_score_start"] <= s["commit_start"] <= s["committed_at"]
+    tp = m["throughput"]
+    assert 0 < tp["steady_wall_s"] < tp["wall_s"] and 0 < tp["engine_busy_share"] <= 1
+    footers = [json.loads(shard_metadata(p)[SHARD_META]) for p in list_shards(out / "scored")]
+    assert sum(f["pairs"] for f in footers) == m["counts"]["pairs"]
+    assert sum(f["prompts"] for f in footers) == m["counts"]["rows_out"] + m["counts"]["row_errors"]
+
+
 def test_scored_shards_hold_every_prompt_once(pipeline_run):
     out, _ = pipeline_run
     ids = []
@@ -231,17 +247,3 @@ def test_the_same_config_writes_the_same_shard_bytes(run_config, pipeline_run, t
         differ = [n for n in names if (out / sub / "data" / n).read_bytes() != (again / sub / "data" / n).read_bytes()]
         assert not differ, f"{sub}: {differ} differ between two runs of one config"
 
-
-def test_run_writes_its_timeline_and_footers_carry_the_totals(pipeline_run):
-    out, _ = pipeline_run
-    m = json.loads((out / "manifest.json").read_text())
-    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    spans = m["timeline"]["spans"]
-    assert len(spans) == m["counts"]["shards"]
-    for s in spans:  # read, then sampled, scored, committed, in that order
-        assert s["t_read"] <= s["t_sample_start"] <= s["t_score_start"] <= s["commit_start"] <= s["committed_at"]
-    tp = m["throughput"]
-    assert 0 < tp["steady_wall_s"] < tp["wall_s"] and 0 < tp["engine_busy_share"] <= 1
-    footers = [json.loads(shard_metadata(p)[SHARD_META]) for p in list_shards(out / "scored")]
-    assert sum(f["pairs"] for f in footers) == m["counts"]["pairs"]
-    assert sum(f["prompts"] for f in footers) == m["counts"]["rows_out"] + m["counts"]["row_errors"]
