@@ -52,7 +52,7 @@ SAMPLER_ID = "_sampler_id"     # which sampler actor: busy seconds add up per ac
 SAMPLER_NODE = "_sampler_node"  # the Ray node id the shard was sampled on (placement, in the manifest)
 SAMPLER_READY = "_sampler_ready"  # wall clock when the actor's engine had loaded
 SCORER_ID = "_scorer_id"
-SCORER_NODE = "_scorer_node"    # ... and scored on
+SCORER_NODE = "_scorer_node"    # ... and the one it was scored on
 SCORER_READY = "_scorer_ready"
 
 
