@@ -27,6 +27,7 @@ import pytest
 from ray_jobs import PY, ROOT, logs, submit, wait
 
 from cluster.netns import NetnsCluster
+from cluster.plan import SHARD_META
 from rsdpo.files import TMP_SUFFIX
 
 pytestmark = [
@@ -92,14 +93,17 @@ def run(cluster, config: Path, overrides: list[str], timeout: float = 240, on_pr
 
 
 def exactly_once(out: Path, n: int) -> list[str]:
-    """Every prompt in exactly one committed scored shard, every shard whole (rows = its plan entry),
-    no temp or partial file and no shard outside the plan. `out` is the run folder on disk (for a run
-    on S3, the object store's own folder of that prefix). Returns the shard names."""
-    plan = json.loads((out / "plan.json").read_text())["shards"]
+    """Every prompt in exactly one committed scored shard, every shard whole (its rows and its
+    footer's digest of their ids and contents = its plan entry), no temp or partial file and no
+    shard outside the plan. `out` is the run folder on disk (for a run on S3, the object store's own
+    folder of that prefix). Returns the shard names."""
+    plan = json.loads((out / "plan.json").read_text())["shards"]   # name -> [prompt count, digest]
     ids = []
-    for name, planned in plan.items():
-        got = pq.read_table(out / "scored" / "data" / f"{name}.parquet", columns=["prompt_id"]).column(0).to_pylist()
-        assert got == planned, (name, got, planned)
+    for name, (count, digest) in plan.items():
+        path = out / "scored" / "data" / f"{name}.parquet"
+        got = pq.read_table(path, columns=["prompt_id"]).column(0).to_pylist()
+        footer = json.loads(pq.read_schema(path).metadata[SHARD_META])
+        assert len(got) == count and footer["digest"] == digest and footer["prompts"] == count, (name, footer, count)
         ids += got
     assert sorted(ids) == [f"m{i:02d}" for i in range(n)]
     for sub in ("scored", "pairs"):
