@@ -36,10 +36,12 @@ def draw(rows: list[dict], t0: float, path: str, title: str) -> str:
         lane("sampler", row["sampler_id"])
     for row in rows:
         lane("scorer", row["scorer_id"])
-    for row in rows:
-        lane("writer", row["writer_pid"])
-    colours = {"sampler": "tab:blue", "scorer": "tab:orange", "writer": "tab:green"}
+    commits = lane("commit", "tasks")  # one lane: each commit is a short task, each in a process of its own
+    colours = {"sampler": "tab:blue", "scorer": "tab:orange", "commit": "tab:green"}
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.7 * len(lanes)))
+    # a commit takes well under a second of a job's minutes: drawn at least this wide to be seen
+    end = max((row["committed_at"] for row in rows), default=t0)
+    min_width = 0.004 * max(end - t0, 1.0)
     for i, row in enumerate(sorted(rows, key=lambda r: r["t_sample_start"])):
         # shards in flight on one engine overlap: stagger them inside the lane so each stays visible
         dy = (i % 3) * 0.22 - 0.22
@@ -49,14 +51,16 @@ def draw(rows: list[dict], t0: float, path: str, title: str) -> str:
         ax.plot([row["t_read"] - t0], [y + dy], marker="|", color="black", markersize=4)
         ax.barh(lane("scorer", row["scorer_id"]), row["t_score"], left=row["t_score_start"] - t0, height=0.6,
                 color=colours["scorer"], edgecolor="white", linewidth=0.3)
-        ax.barh(lane("writer", row["writer_pid"]), row["committed_at"] - row["commit_start"],
-                left=row["commit_start"] - t0, height=0.6, color=colours["writer"], edgecolor="white", linewidth=0.3)
+        ax.barh(commits + dy, max(row["committed_at"] - row["commit_start"], min_width), left=row["commit_start"] - t0,
+                height=0.2, color=colours["commit"], edgecolor="white", linewidth=0.3)
     ax.set_yticks(range(len(lanes)), [f"{kind} {who[-6:]}" for kind, who in lanes])
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the job started (| = shard prompts read)")
     ax.set_title(title, fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    ax.legend(handles, ["sample (per shard, staggered)", "score", "pair + write"], loc="lower right", fontsize=8)
+    ax.legend(handles, ["sample (per shard, staggered)", "score",
+                        "pair + write (a commit task; at least 0.4% of the axis wide)"],
+              loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     storage.write_figure(path, fig, dpi=110)
     plt.close(fig)
