@@ -3,7 +3,7 @@ independent judges.
 
     python -m training.eval --sft MODEL_A --policy MODEL_B --output REPORT_DIR [--config F] [key=value ...]
     python -m training.eval --sft builtin:smollm2-135m-instruct --policy outputs/default/policy \
-        --output outputs/default/eval sampler.k=4 'prompts=[{source: builtin:mt_bench}]'
+        --output outputs/default/eval generation.k=4 'prompts=[{source: builtin:mt_bench}]'
 
 Default prompts: MT-Bench's 80 first turns and AlpacaEval's held-out bucket (both read from installed
 packages). Both models are sampled with the same per-prompt seeds (generation.Sampler, vLLM) and every
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", required=True, help="the trained policy folder (python -m training --output)")
     ap.add_argument("--output", required=True, help="report folder")
     ap.add_argument("--config", help="YAML: an evaluation config, or a run config (its `evaluation:` section; the run is validated whole)")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (sampler.k=4)")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, dotted for nesting (generation.k=4)")
     add_log_level(ap)
     args = ap.parse_args(argv)
     setup_logging(args.log_level)

@@ -146,9 +146,9 @@ def test_saved_policy_serves_in_vllm_eval(lora_run, tiny_policy, tiny_reward_mod
     env = {k: v for k, v in subprocess_env().items() if k != "OMP_NUM_THREADS"}  # vLLM sets its own threads
     proc = subprocess.run(
         [sys.executable, "-m", "training.eval", "--sft", str(tiny_policy), "--policy", str(policy),
-         "--output", str(out), "prompts=[{source: builtin:mt_bench, limit: 6}]", "sampler.k=2",
-         "sampler.max_tokens=8", "sampler.max_model_len=256", "scorer.backend=classifier",
-         f"scorer.model={tiny_reward_model}", f"judges=[{{backend: classifier, model: {judge}}}]",
+         "--output", str(out), "prompts=[{source: builtin:mt_bench, limit: 6}]", "generation.k=2",
+         "generation.max_tokens=8", "generation.max_model_len=256", "rewarding.backend=classifier",
+         f"rewarding.model={tiny_reward_model}", f"judges=[{{backend: classifier, model: {judge}}}]",
          "judge_check_prompts=3", "bootstrap=200"],
         env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-8000:]
