@@ -114,7 +114,8 @@ def _totals(out: str) -> dict:
     commit wrote (cluster.plan.SHARD_META): no shard's rows are read."""
     rows = errors = pairs = with_pairs = responses = truncated = 0
     error_rows, spreads = [], []  # spreads: per usable prompt, max - min reward (coverage warning)
-    for path in committed(out, "scored"):
+    shards = committed(out, "scored")
+    for path in shards:
         f = shard_footer(path)
         rows += f["prompts"]
         errors += f["row_errors"]
@@ -126,7 +127,7 @@ def _totals(out: str) -> dict:
         spreads += f["spreads"]
     return {"rows": rows, "row_errors": errors, "pairs": pairs, "prompts_with_pairs": with_pairs,
             "error_rows": error_rows, "spreads": np.asarray(spreads, dtype=np.float64),
-            "responses": responses, "reward_truncated": truncated}
+            "responses": responses, "reward_truncated": truncated, "shards": len(shards)}
 
 
 @dataclass
@@ -296,7 +297,7 @@ def finish(state: RunState) -> dict:
         "rows_out": totals["rows"] - totals["row_errors"],
         "row_errors": totals["row_errors"],
         "quarantined": len(index.rejects),
-        "shards": len(committed(out, "scored")),
+        "shards": totals["shards"],
         "shards_planned": len(state.plan),
         "pairs": totals["pairs"],
         "prompts_with_pairs": totals["prompts_with_pairs"],

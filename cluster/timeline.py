@@ -32,7 +32,8 @@ def draw(rows: list[dict], t0: float, path: str, title: str) -> str:
     lanes: dict[tuple[str, str], int] = {}
     def lane(kind: str, who) -> int:
         return lanes.setdefault((kind, str(who)), len(lanes))
-    for row in sorted(rows, key=lambda r: r["t_sample_start"]):
+    rows = sorted(rows, key=lambda r: r["t_sample_start"])  # stagger order: the order shards were sampled
+    for row in rows:
         lane("sampler", row["sampler_id"])
     for row in rows:
         lane("scorer", row["scorer_id"])
@@ -42,7 +43,7 @@ def draw(rows: list[dict], t0: float, path: str, title: str) -> str:
     # a commit takes well under a second of a job's minutes: drawn at least this wide to be seen
     end = max((row["committed_at"] for row in rows), default=t0)
     min_width = 0.004 * max(end - t0, 1.0)
-    for i, row in enumerate(sorted(rows, key=lambda r: r["t_sample_start"])):
+    for i, row in enumerate(rows):
         # shards in flight on one engine overlap: stagger them inside the lane so each stays visible
         dy = (i % 3) * 0.22 - 0.22
         y = lane("sampler", row["sampler_id"])

@@ -95,10 +95,10 @@ def start_s3_server(data_dir: Path, *, host: str = "127.0.0.1", port: int | None
     cmd = [*prefix, binary or rclone_binary(), "serve", "s3", "--addr", f"{host}:{port}",
            "--config", os.devnull,
            # Writes and deletes through the server update its folder cache, so every client sees them
-           # at once (one exception: tests/test_storage.py, a refused folder marker). Not 0s: rclone 1.75 then re-arms each folder's cache-cleanup timer with no
-           # delay, and the server spins (a goroutine dump showed ids past 3e8, all in
-           # vfs.(*Dir).cacheCleanup) until requests stall: "Less than 1 bytes/sec transferred the
-           # last 60 seconds" in the CI run of 737df1e.
+           # at once (one exception: tests/test_storage.py, a refused folder marker). Not 0s: rclone
+           # 1.75 then re-arms each folder's cache-cleanup timer with no delay, and the server spins
+           # (a goroutine dump showed ids past 3e8, all in vfs.(*Dir).cacheCleanup) until requests
+           # stall: "Less than 1 bytes/sec transferred the last 60 seconds" in the CI run of 737df1e.
            "--dir-cache-time", DIR_CACHE_TIME, str(data_dir)]
     # The key pair goes in the environment, not on the command line (ps shows arguments); rclone
     # reads a list flag from RCLONE_<FLAG> as CSV, so the pair is quoted to stay one entry.

@@ -4,9 +4,9 @@ into a fresh venv runs `rsdpo` from another folder, with package data (DeepSpeed
 The install test builds the wheel from a copy of the source tree (so no build/ lands in the repo),
 installs it with --no-deps into a fresh venv, and runs `rsdpo --help` there with nothing else
 installed. For the pure-Python subcommands it then gives that venv exactly the dependency closure
-of pyarrow, pydantic, PyYAML, numpy, huggingface_hub and matplotlib, taken from this venv (a .pth file naming a
-folder of links, no network): ray, vllm and torch stay absent, so a subcommand that imported them
-would fail.
+of pyarrow, pydantic, PyYAML, numpy, huggingface_hub and matplotlib, taken from this venv (a .pth
+file naming a folder of links, no network): ray, vllm and torch stay absent, so a subcommand that
+imported them would fail.
 """
 
 import importlib.metadata
@@ -24,8 +24,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-# What `rsdpo pair` / `validate` and the stage configs import (the pairs card's plot is optional).
-PURE_DEPS = ["pyarrow", "pydantic", "PyYAML", "numpy", "huggingface_hub", "matplotlib"]  # matplotlib: the card's plot
+# What `rsdpo pair` / `validate` and the stage configs import (matplotlib: the pairs card's plot).
+PURE_DEPS = ["pyarrow", "pydantic", "PyYAML", "numpy", "huggingface_hub", "matplotlib"]
 
 
 def _pins(name: str) -> dict[str, str]:

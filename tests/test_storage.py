@@ -177,8 +177,6 @@ def test_the_tests_s3_server_sits_idle_after_serving_many_folders(tmp_path, monk
     """With --dir-cache-time 0s, rclone 1.75's server re-armed every folder's cache-cleanup timer
     with no delay: once it had served some folders it spun at a full core, idle, and later requests
     stalled for 60 s (CI of 737df1e). The flag it runs with now leaves it idle between requests."""
-    import time
-
     from s3server import start_s3_server
 
     server = start_s3_server(tmp_path / "s3")

@@ -27,7 +27,7 @@ import pytest
 from ray_jobs import PY, ROOT, logs, submit, wait
 
 from cluster.netns import NetnsCluster
-from cluster.plan import SHARD_META
+from cluster.plan import shard_footer
 from rsdpo.files import TMP_SUFFIX
 
 pytestmark = [
@@ -102,7 +102,7 @@ def exactly_once(out: Path, n: int) -> list[str]:
     for name, (count, digest) in plan.items():
         path = out / "scored" / "data" / f"{name}.parquet"
         got = pq.read_table(path, columns=["prompt_id"]).column(0).to_pylist()
-        footer = json.loads(pq.read_schema(path).metadata[SHARD_META])
+        footer = shard_footer(str(path))
         assert len(got) == count and footer["digest"] == digest and footer["prompts"] == count, (name, footer, count)
         ids += got
     assert sorted(ids) == [f"m{i:02d}" for i in range(n)]
