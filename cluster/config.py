@@ -176,7 +176,7 @@ class RunConfig(BaseModel):
         """What must match for a resumed run to extend, not contradict, earlier shards."""
         keep = {
             "prompts": self.prompts.model_dump(mode="json"),
-            "generation": self.generation.model_dump(mode="json", exclude={"vllm"}) | {
+            "generation": self.generation.model_dump(mode="json", exclude={"vllm", "engine_in_process"}) | {
                 "vllm": {k: v for k, v in self.generation.vllm.items() if k not in VLLM_RUNTIME_ONLY}},
             "rewarding": self.rewarding.model_dump(mode="json", exclude={"batch_size", "max_batch_tokens", "max_padding", "device"}),
             "pairing": self.pairing.model_dump(mode="json", exclude={"license"}),  # the card's, not the pairs' 

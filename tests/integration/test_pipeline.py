@@ -173,12 +173,13 @@ def test_rerun_resumes_and_changed_config_is_refused(run_config, pipeline_run):
 
 
 def test_samples_do_not_depend_on_sharding_or_engine(run_config, pipeline_run, tmp_path):
-    """The standalone stage (all prompts in one batch, no Ray) reproduces the pipeline's samples
-    (shards of 4 on a Ray actor): seeds derive from (run seed, prompt_id) only."""
+    """The standalone stage (all prompts in one batch, no Ray, its engine core and model worker in
+    processes of their own) reproduces the pipeline's samples (shards of 4 on a Ray actor, the engine
+    in the actor's process): seeds derive from (run seed, prompt_id) only."""
     path, cfg = run_config
     out, _ = pipeline_run
     res = _run(["-m", "generation", "--input", cfg["prompts"]["source"], "--output", str(tmp_path / "g"),
-                "--config", str(path), "seed=3"])
+                "--config", str(path), "seed=3", "engine_in_process=false"])
     assert res.returncode == 0, res.stderr[-3000:]
     alone = {r["prompt_id"]: r["responses"] for r in pq.read_table(tmp_path / "g" / "data" / "shard-00000.parquet").to_pylist()}
     piped = {}

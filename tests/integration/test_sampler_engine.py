@@ -95,8 +95,9 @@ def test_a_request_vllm_rejects_is_that_requests_error_and_the_rest_complete(sam
 def test_a_dead_engine_core_fails_every_waiting_call_promptly(tiny_policy):
     from vllm.inputs import TokensPrompt
 
-    others = set(_engine_core_pids())  # the module's sampler has one too
-    s = Sampler(GenerationConfig(model=str(tiny_policy), k=2, max_tokens=8, max_model_len=512))
+    others = set(_engine_core_pids())  # (the module's sampler runs its engine in this process)
+    # the engine core in a process of its own (vLLM's default on GPU), as an OOM kill would find it
+    s = Sampler(GenerationConfig(model=str(tiny_policy), k=2, max_tokens=8, max_model_len=512, engine_in_process=False))
     (core,) = set(_engine_core_pids()) - others
     errors: list[BaseException] = []
     started = threading.Barrier(4)
