@@ -136,9 +136,9 @@ def test_gpu_8x_node_config_on_logical_gpus(netns_cluster, tiny_policy, tiny_rew
     print(f"\n[test_multinode] gpu-8x-node.yaml: {res['wall']:.0f}s, (sampler, scorer) nodes {placed}", flush=True)
 
 
-# 48 prompts: 15 shards of 3 and a tail of three 1-prompt shards, sampled one shard at a time, so
+# 24 prompts: 7 shards of 3 and a tail of three 1-prompt shards, sampled one shard at a time, so
 # the sampler still has shards to go when the first one is committed (the lost-node test needs that).
-MULTI_NODE_PROMPTS = 48
+MULTI_NODE_PROMPTS = 24
 
 
 def _multi_node_overrides(tiny_policy, tiny_reward_model, tmp_path: Path, out: str) -> list[str]:
