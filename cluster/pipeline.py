@@ -218,7 +218,8 @@ def run_pipeline(cfg: RunConfig, *, fresh: bool = False) -> dict:
             for row in rows:
                 state.committed.append(row)
                 if time.time() - polled > OBJECT_STORE_POLL_S:  # a gRPC round trip: not on every commit
-                    polled, state.object_store_peak = time.time(), max(state.object_store_peak, object_store_used_bytes())
+                    polled, used = time.time(), object_store_used_bytes()
+                    state.object_store_peak = max(state.object_store_peak, used or 0)
                 seen += row["prompts"]
                 errors += row["row_errors"]
                 el = time.time() - t0

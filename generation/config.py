@@ -58,10 +58,11 @@ class GenerationConfig(BaseModel):
     engine_in_process: bool | None = Field(
         None, description="run vLLM's engine core inside the sampler's own process (vLLM's "
         "VLLM_ENABLE_V1_MULTIPROCESSING=0) rather than in two processes of its own (engine core, model "
-        "worker). The samples are the same byte for byte; in process, an engine starts about 20 s sooner on "
-        "a 2-core CPU host (two fewer Python start-ups) and nothing extra competes for its cores, but an "
-        "engine that dies takes the sampler with it (Ray restarts the actor). Default (null): in process on "
-        "CPU-only hosts, vLLM's own processes on GPU; a VLLM_ENABLE_V1_MULTIPROCESSING already set wins")
+        "worker). The samples are the same byte for byte; in process, an engine starts sooner (two fewer "
+        "Python start-ups: bench/engine_start_bench.py) and vLLM binds no threads (torch runs the process's "
+        "OMP_NUM_THREADS), but an engine that dies takes the sampler with it (Ray restarts the actor). "
+        "Default (null): in process on CPU-only hosts, vLLM's own processes on GPU; a "
+        "VLLM_ENABLE_V1_MULTIPROCESSING already set wins")
     vllm: dict[str, Any] = Field(
         default_factory=dict,
         description="passed to vllm.LLM(**vllm), e.g. tensor_parallel_size, gpu_memory_utilization, "
