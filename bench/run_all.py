@@ -1,6 +1,6 @@
 """Run every benchmark once, one after another, and write bench/results/latest.json and latest.md.
 
-    python bench/run_all.py [--only pairing,scorer,e2e,dpo,scale,sampling]
+    python bench/run_all.py [--only pairing,scorer,e2e,dpo,scale,sampling,engine_start]
 
 Each bench is its own script (runnable alone, printing a JSON record then Markdown); this runs it
 as a subprocess with the sizes below (chosen so the whole suite takes under 20 minutes on the
@@ -37,6 +37,7 @@ BENCHES = {
     "dpo": ("bench/dpo_bench.py", ["-m", "bench.dpo_bench"], 300),
     "scale": ("bench/scale_bench.py", ["bench/scale_bench.py"], 600),
     "sampling": ("bench/sampling_bench.py", ["bench/sampling_bench.py"], 300),
+    "engine_start": ("bench/engine_start_bench.py", ["bench/engine_start_bench.py", "--pairs", "2"], 420),
 }
 
 
