@@ -15,11 +15,16 @@ _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt
 
 
 def metric(bench: str, name: str, value, target: str | None = None) -> dict:
-    """One table row; `target` is "<op> <number>" (e.g. ">= 1.5"), checked here against value."""
+    """One table row; `target` is "<op> <number>" (e.g. ">= 1.5") or a closed range "<low>..<high>"
+    (e.g. "9..11"), checked here against value."""
     met = None
     if target is not None and isinstance(value, int | float):
-        op, _, bound = target.partition(" ")
-        met = bool(_OPS[op](value, float(bound)))
+        if ".." in target:
+            low, _, high = target.partition("..")
+            met = float(low) <= value <= float(high)
+        else:
+            op, _, bound = target.partition(" ")
+            met = bool(_OPS[op](value, float(bound)))
     return {"bench": bench, "metric": name, "value": value, "target": target, "met": met}
 
 

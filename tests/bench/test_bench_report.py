@@ -12,6 +12,8 @@ def test_metric_checks_its_target():
     assert metric("b", "ratio", 1.4, ">= 1.5")["met"] is False
     assert metric("b", "wall", 1.1, "<= 1.25")["met"] is True
     assert metric("b", "pairs/s", 2_000_000, ">= 1e6")["met"] is True
+    assert metric("b", "wall(100k) / wall(10k)", 9.4, "9..11")["met"] is True
+    assert metric("b", "wall(100k) / wall(10k)", 5.6, "9..11")["met"] is False
     assert metric("b", "info", 3.0)["met"] is None
     assert metric("b", "failed", "timed out", ">= 1.5")["met"] is None  # no number, no verdict
 
