@@ -48,6 +48,7 @@ T_SAMPLE = "_t_sample"          # seconds
 T_SCORE_START = "_t_score_start"
 T_SCORE = "_t_score"            # seconds
 ENGINE_BUSY = "_engine_busy"   # the sampler actor's engine-step seconds so far (cumulative)
+ENGINE_ADMIT = "_engine_admit"  # ... and its seconds adding requests to the engine (cumulative)
 SAMPLER_ID = "_sampler_id"     # which sampler actor: busy seconds add up per actor
 SAMPLER_NODE = "_sampler_node"  # the Ray node id the shard was sampled on (placement, in the manifest)
 SAMPLER_READY = "_sampler_ready"  # wall clock when the actor's engine had loaded
@@ -136,7 +137,8 @@ class SamplerActor:
             # With shards in flight this is the shard's latency (queueing included), not engine time;
             # the engine's busy seconds travel separately.
             rows.append(pack(out, meta | {T_SAMPLE_START: start, T_SAMPLE: time.perf_counter() - t0,
-                                          ENGINE_BUSY: self.sampler.loop.busy_s, SAMPLER_ID: self.actor_id,
+                                          ENGINE_BUSY: self.sampler.loop.busy_s,
+                                          ENGINE_ADMIT: self.sampler.loop.admit_s, SAMPLER_ID: self.actor_id,
                                           SAMPLER_NODE: self.node_id, SAMPLER_READY: self.ready_at}))
         return pa.concat_tables(rows)
 
@@ -201,6 +203,7 @@ def commit_shard(batch: pa.Table, out_dir: str, pairing: dict, storage_config: S
             "output_tokens": sum(sum(t) for t in scored.column(NUM_TOKENS).to_pylist()),
             "t_read": meta[T_READ], "t_sample_start": meta[T_SAMPLE_START], "t_sample": meta[T_SAMPLE],
             "t_score_start": meta[T_SCORE_START], "t_score": meta[T_SCORE], "engine_busy": meta[ENGINE_BUSY],
+            "engine_admit": meta[ENGINE_ADMIT],
             "sampler_id": meta[SAMPLER_ID], "scorer_id": meta[SCORER_ID], "sampler_node": meta[SAMPLER_NODE],
             "scorer_node": meta[SCORER_NODE], "sampler_ready": meta[SAMPLER_READY],
             "scorer_ready": meta[SCORER_READY], "t_pair": t_pair, "commit_start": start, "committed_at": time.time(),

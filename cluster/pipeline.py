@@ -258,9 +258,11 @@ def _rates(session: list[dict], wall: float, t_start: float) -> dict:
                                                      "t_sample", "t_score", "t_pair")}
     # engine seconds: each actor reports its running total, so the last (largest) one per actor
     engine: dict[str, float] = {}
+    admit: dict[str, float] = {}
     for row in session:
         engine[row["sampler_id"]] = max(engine.get(row["sampler_id"], 0.0), row["engine_busy"])
-    s["t_engine"] = sum(engine.values())
+        admit[row["sampler_id"]] = max(admit.get(row["sampler_id"], 0.0), row["engine_admit"])
+    s["t_engine"], s["t_admit"] = sum(engine.values()), sum(admit.values())
     busy = lambda n, t: round(n / t, 2) if t > 0 else None  # noqa: E731
     # the steady part of the job: from the moment the last actor had loaded to the last commit
     # (Ray start, engine and model loads excluded), what a bench compares with raw generation
@@ -271,7 +273,10 @@ def _rates(session: list[dict], wall: float, t_start: float) -> dict:
         "actors_ready_s": round(ready - t_start, 2),
         "first_commit_s": round(min(row["committed_at"] for row in session) - ready, 2),
         "steady_wall_s": round(steady, 2),
-        "engine_busy_share": round(s["t_engine"] / (steady * len(engine)), 3) if steady > 0 else None,
+        # the share of the steady wall each engine spent inside vLLM: its steps, and adding requests
+        # (vLLM's input processing, on the engine's thread); the rest it waited for the job
+        "engine_busy_share": round((s["t_engine"] + s["t_admit"]) / (steady * len(engine)), 3) if steady > 0 else None,
+        "engine_step_share": round(s["t_engine"] / (steady * len(engine)), 3) if steady > 0 else None,
         "prompts_per_s": round(s["prompts"] / wall, 3),
         "output_tokens_per_s": round(s["output_tokens"] / wall, 1),
         "responses_scored_per_s": round(s["responses"] / wall, 2),
@@ -283,7 +288,8 @@ def _rates(session: list[dict], wall: float, t_start: float) -> dict:
         "scorer_busy_responses_per_s": busy(s["responses"], s["t_score"]),
         "pairing_busy_prompts_per_s": busy(s["prompts"], s["t_pair"]),
         "shard_sample_latency_s": round(s["t_sample"] / len(session), 2),
-        "busy_s": {"sample": round(s["t_engine"], 2), "score": round(s["t_score"], 2), "pair": round(s["t_pair"], 3)},
+        "busy_s": {"sample": round(s["t_engine"], 2), "admit": round(s["t_admit"], 2), "score": round(s["t_score"], 2),
+                   "pair": round(s["t_pair"], 3)},
     }
 
 

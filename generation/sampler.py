@@ -127,6 +127,7 @@ class EngineLoop:
         self._closing = False
         self._stop = threading.Event()
         self.busy_s = 0.0  # seconds spent in engine steps (the engine's own time, whatever is in flight)
+        self.admit_s = 0.0  # seconds spent adding requests (vLLM's input processing, on this thread)
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -240,7 +241,9 @@ class EngineLoop:
                         admit = self._inbox[:1] if self.stagger_steps else self._inbox[:]
                         del self._inbox[: len(admit)]
                 if admit:
+                    t0 = time.perf_counter()
                     self._admit_together(admit, owner)
+                    self.admit_s += time.perf_counter() - t0
                     steps_since_admit = 0
                 if not owner:
                     continue

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from cluster.actors import (
+    ENGINE_ADMIT,
     ENGINE_BUSY,
     SAMPLER_ID,
     SAMPLER_NODE,
@@ -30,7 +31,7 @@ from rsdpo import storage
 from rsdpo.shards import read_shard
 from rsdpo.storage import StorageConfig
 
-META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, SAMPLER_ID: "actor-1", T_SCORE: 0.5,  # the actors' bookkeeping
+META = {T_SAMPLE: 1.5, ENGINE_BUSY: 1.0, ENGINE_ADMIT: 0.1, SAMPLER_ID: "actor-1", T_SCORE: 0.5,  # the actors' bookkeeping
         SAMPLER_NODE: "node-a", SCORER_NODE: "node-b",
         SHARD_DIGEST: "d", T_READ: 0.0, T_SAMPLE_START: 0.0, SAMPLER_READY: 0.0, T_SCORE_START: 0.0,
         SCORER_ID: "actor-2", SCORER_READY: 0.0}

@@ -209,3 +209,20 @@ def test_a_step_that_never_returns_after_the_core_died_still_fails_every_call(mo
         t.join(timeout=10)
     assert len(errors) == 2 and all("EngineCore died" in e for e in errors)
     loop.close()  # returns although the loop thread is stuck in the dead engine
+
+
+def test_admission_and_steps_are_timed_apart():
+    """busy_s counts engine steps only, admit_s the time adding requests: a slow add_request shows
+    in admit_s and not in busy_s (the pipeline reports both; cluster/pipeline.py _rates)."""
+    import time
+
+    class SlowAdmit(StepEngine):
+        def add_request(self, rid, prompt, params):
+            time.sleep(0.02)
+            super().add_request(rid, prompt, params)
+
+    loop = loop_for(SlowAdmit())
+    loop.run([("a", 1), ("b", 1), ("c", 1)], params(3))
+    loop.close()
+    assert loop.admit_s >= 0.06
+    assert loop.busy_s < 0.05

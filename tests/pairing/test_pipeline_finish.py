@@ -24,7 +24,7 @@ def _batch(table: pa.Table, shard: str) -> pa.Table:
     """A shard as the scorer actors hand it on: one row (cluster/actors.py)."""
     now = time.time()
     return pack(table, {actors.SHARD: shard, actors.SHARD_DIGEST: "d", actors.T_READ: now, actors.T_SAMPLE_START: now,
-                        actors.T_SAMPLE: 1.0, actors.ENGINE_BUSY: 1.0, actors.SAMPLER_ID: "actor-1",
+                        actors.T_SAMPLE: 1.0, actors.ENGINE_BUSY: 1.0, actors.ENGINE_ADMIT: 0.1, actors.SAMPLER_ID: "actor-1",
                         actors.SAMPLER_NODE: "node-a", actors.SAMPLER_READY: now, actors.T_SCORE_START: now,
                         actors.T_SCORE: 0.5, actors.SCORER_ID: "actor-2", actors.SCORER_NODE: "node-b",
                         actors.SCORER_READY: now})
