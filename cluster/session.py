@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
               "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+# Workers a local session keeps alive beyond one per CPU (RAY_num_workers_soft_limit; see connect).
+LOCAL_IDLE_WORKERS = 14
 # The Ray Train PlacementGroupCleaner's logger, in its own detached actor.
 PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
@@ -47,6 +49,13 @@ def connect(num_cpus: int | None = None) -> str:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         address = os.environ["RAY_ADDRESS"]
     else:
+        # Ray's raylet keeps at most its soft limit of idle workers (default: the node's CPUs) and
+        # kills the rest after a second idle. The job's read and commit tasks run in bursts on more
+        # workers than a 2-CPU node keeps, so each burst started new Pythons (3-5 s of CPU each): 39
+        # worker processes in the first 6.5 minutes of a 100k-prompt job, 9 in the whole run at a
+        # limit of 16 (bench/README.md "The real job at 1k, 10k and 100k prompts"). An operator's
+        # value wins.
+        os.environ.setdefault("RAY_num_workers_soft_limit", str((num_cpus or os.cpu_count() or 1) + LOCAL_IDLE_WORKERS))
         # Workers of a local cluster import this repo's packages (actors, Ray Train workers).
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
