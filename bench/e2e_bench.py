@@ -1,7 +1,8 @@
 """Benchmark: end-to-end overhead of the streaming Ray Data job over raw vLLM + raw scoring.
 
-    python bench/e2e_bench.py [--tiny | --model DIR] [--prompts 32] [--k 4] [--max-tokens 48]
-                              [--shard-size 8] [--no-reserved-variant] [--in-flight-variant] [--explore] [--keep]
+    python bench/e2e_bench.py [--tiny | --model DIR] [--tiny-reward] [--prompts 32] [--k 4] [--max-tokens 48]
+                              [--shard-size 8] [--synthetic-bytes B] [--no-reserved-variant]
+                              [--in-flight-variant] [--explore] [--keep]
 
 Same prompts (AlpacaEval helpful_base + oasst, train split, or --source; the first --prompts), model, k, seeds
 and sampling (temperature 1.0, top_p --top-p, max_model_len 1024) on all sides:
@@ -25,6 +26,11 @@ run's timeline PNG (OUT/timeline.png) is kept with --keep.
 
 Ratios:  pipeline output tok/s / raw gen tok/s   (tokens over the steady wall vs the generate call)
          pipeline steady wall / (raw gen s + raw score s)
+         pipeline full wall / one-process script   (start-up included on both sides: the script is
+             engine start + generate() + scorer load + scorer call, what a hand-written script doing
+             the same work in one process spends; the pipeline's full wall adds Ray's start)
+At 1k-10k prompts (--synthetic-bytes 60 --tiny --tiny-reward --k 2 --max-tokens 8 --shard-size 128:
+the scale bench's job) start-up weighs less and the steady overhead shows.
 Each phase is a subprocess of this script run one after another, so no two share the 2 cores;
 a phase's log is kept in the temp folder (printed on failure).
 
@@ -212,25 +218,36 @@ def run(args) -> dict:
     from rsdpo.cli import load_config
 
     tmp = Path(tempfile.mkdtemp(prefix="e2e_bench_"))
-    if args.tiny:
-        from rsdpo.tiny import build_tiny_llama
+    from rsdpo.tiny import build_tiny_llama
 
+    if args.tiny:
         model, model_name = str(build_tiny_llama(tmp / "tiny_policy")), "tiny random Llama (rsdpo.tiny)"
     else:
         from rsdpo.assets import resolve_model
 
         model = str(resolve_model(args.model))
         model_name = args.model
+    if args.synthetic_bytes and args.source is None:  # the scale bench's prompts (bench/scale_bench.py)
+        from bench.scale_bench import write_prompts
+
+        args.source = str(tmp / "synthetic.jsonl")
+        write_prompts(Path(args.source), args.prompts, args.synthetic_bytes)
+    rewarding = {"backend": "embedding", "model": "builtin:all-minilm-l6-v2", "max_length": 256}
+    if args.tiny_reward:
+        rewarding = {"backend": "classifier", "model": str(build_tiny_llama(tmp / "tiny_reward", reward=True, seed=1)),
+                     "max_length": 128}
     overrides = {
         "seed": 0, "shard_size": args.shard_size,
         "prompts": {"source": "builtin:alpaca_eval", "subsets": ["helpful_base", "oasst"], "split": "train",
                     "limit": args.prompts} if args.source is None else {"source": args.source, "limit": args.prompts},
         "generation": {"model": model, "k": args.k, "max_tokens": args.max_tokens, "temperature": 1.0,
                        "top_p": args.top_p, "max_model_len": 1024},
-        "rewarding": {"backend": "embedding", "model": "builtin:all-minilm-l6-v2", "max_length": 256},
+        "rewarding": rewarding,
         "pairing": {"tau": 0.05, "eta": 0.85},
         "resources": {"num_cpus": os.cpu_count(), "sampler_replicas": 1, "scorer_replicas": 1},
     }
+    if args.engine_processes:  # the raw side runs vLLM's default: its engine in processes of its own
+        overrides["generation"]["engine_in_process"] = False
     if args.gpu:  # one GPU shared by the vLLM engine and the scorer (Ray fractional GPUs)
         overrides["generation"]["vllm"] = {"gpu_memory_utilization": 0.5}
         overrides["resources"] |= {"sampler_num_gpus": 0.5, "scorer_num_gpus": 0.5}
@@ -279,9 +296,12 @@ def run(args) -> dict:
                        for a, b in zip(rs, p["rewards"][pid], strict=True)), default=None)
     tput_ratio = pt["tokens_per_s"] / base["tokens_per_s"]
     wall_ratio = pt["steady_wall_s"] / (base["generate_s"] + score["score_s"])
+    script_s = base["engine_start_s"] + base["generate_s"] + score["load_s"] + score["score_s"]
+    script_ratio = pt["full_wall_s"] / script_s
     metrics = [
         metric("e2e", "pipeline tok/s / raw vLLM tok/s", round(tput_ratio, 3), TARGET_TPUT),
         metric("e2e", "pipeline wall / (raw gen + raw score)", round(wall_ratio, 3), TARGET_WALL),
+        metric("e2e", "pipeline full wall / one-process script (start-up included)", round(script_ratio, 3)),
         metric("e2e", "raw vLLM output tok/s", round(base["tokens_per_s"], 1)),
         metric("e2e", "pipeline output tok/s (steady wall)", round(pt["tokens_per_s"], 1)),
         metric("e2e", "pipeline sampler busy tok/s", round(pt["sampler_busy_tokens_per_s"], 1)),
@@ -308,6 +328,9 @@ def run(args) -> dict:
         "prompts_identical_responses": f"{same}/{len(raw_resp)}",
         "max_reward_diff_identical": reward_diff,
         "ratio_pipeline_tput_over_raw": round(tput_ratio, 3), "ratio_pipeline_wall_over_raw_sum": round(wall_ratio, 3),
+        "pipeline_engine": "vLLM's own processes" if args.engine_processes else "generation.engine_in_process default",
+        "script_s": round(script_s, 2), "ratio_pipeline_full_wall_over_script": round(script_ratio, 3),
+        "reward": "tiny random Llama classifier (rsdpo.tiny)" if args.tiny_reward else rewarding["model"],
         "metrics": metrics,
     }
     if not args.keep:
@@ -340,6 +363,13 @@ def main() -> None:
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--tiny", action="store_true", help="tiny random Llama policy instead of SmolLM2")
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct", help="policy (builtin name or folder)")
+    ap.add_argument("--engine-processes", action="store_true",
+                    help="pipeline: vLLM's engine in processes of its own (generation.engine_in_process=false), "
+                    "as the raw side runs it")
+    ap.add_argument("--tiny-reward", action="store_true",
+                    help="tiny random Llama classifier as the reward model instead of MiniLM")
+    ap.add_argument("--synthetic-bytes", type=int, default=0,
+                    help="without --source: --prompts synthetic prompts of about this many bytes (as scale_bench)")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--source", help="a JSONL/Parquet prompt file instead of the AlpacaEval subsets "
                     "(they hold about 250 train prompts; larger runs need a file)")
@@ -368,7 +398,9 @@ def main() -> None:
              f"model {record['model']}, {record['prompts']} prompts x k={record['k']}, max_tokens {record['max_tokens']}, "
              f"pipeline shard_size {record['shard_size']}; raw timed = generate() call / scorer call only; pipeline "
              f"timed = last shard commit - both actors loaded. Identical responses raw vs pipeline: "
-             f"{record['prompts_identical_responses']} prompts."]
+             f"{record['prompts_identical_responses']} prompts. One-process script (engine start + generate + "
+             f"scorer load + score) {record['script_s']} s; pipeline full wall / script "
+             f"{record['ratio_pipeline_full_wall_over_script']}."]
     emit(record, notes)
 
 
