@@ -30,6 +30,9 @@ else the tiny BPE tokenizer of rsdpo.tiny.
     needs (cluster/OPERATIONS.md "Sizing"); needs vllm and ray.
 (d) driver: bench/scale_bench.py's driver-side phases at --driver-prompts prompts (no GPU used;
     the host's CPU and disk).
+(e) dpo: --dpo-steps steps of the real training stage (`python -m training`: TRL DPO under
+    DeepSpeed ZeRO-2, bf16, a world of one) on synthetic pairs with the mid-size policy; needs trl
+    and deepspeed.
 What cannot run is reported as skipped with the reason (e.g. the GPU image has torch and
 transformers but not vllm or ray; pydantic, which the stage configs need, may have to travel as
 wheels). Prints one JSON line, then Markdown.
@@ -188,6 +191,35 @@ def driver_part(args, tmp: Path) -> dict:
     return json.loads(line)
 
 
+def dpo_part(args, policy: Path, tmp: Path, bf16: bool = True) -> dict:
+    """One short TRL DPO run under DeepSpeed ZeRO-2 in bf16 on one GPU: the real training stage
+    (`python -m training`, a world of one) on synthetic pairs, the mid-size policy as policy and
+    reference. Its own manifest gives the numbers."""
+    from bench.dpo_bench import synthetic_pairs
+
+    pairs, out = tmp / "dpo_pairs", tmp / "dpo_policy"
+    synthetic_pairs(pairs, 8 * args.dpo_steps)
+    cmd = [sys.executable, "-m", "training", "--input", str(pairs), "--output", str(out), f"model={policy}",
+           "deepspeed=zero2", f"dtype={'bfloat16' if bf16 else 'float32'}", "max_length=256", "existing=restart",
+           f"dpo.bf16={str(bf16).lower()}",
+           f"dpo.max_steps={args.dpo_steps}", "dpo.per_device_train_batch_size=8", "dpo.save_strategy='no'",
+           f"dpo.logging_steps={args.dpo_steps}", "dpo.disable_tqdm=true"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        return {"skipped": f"python -m training failed (exit {res.returncode}): {res.stderr[-1500:]}"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    m, what = manifest["metrics"], f"DPO ZeRO-2 {'bf16' if bf16 else 'fp32'}"
+    rows = [metric("gpu_check", f"{what} steps/s", round(m["train_steps_per_second"], 3)),
+            metric("gpu_check", f"{what} train loss", round(m["train_loss"], 4)),
+            metric("gpu_check", f"{what} wall s (process, set-up included)", round(wall, 1))]
+    return {"steps": m["global_step"], "train_runtime_s": m["train_runtime"], "setup_s": m["setup_s"],
+            "train_loss": m["train_loss"], "wall_s": round(wall, 1), "deepspeed": manifest["config"]["deepspeed"],
+            "bf16": manifest["dpo_config"].get("bf16"), "metrics": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="policy folder (default: the mid-size random Llama built here)")
@@ -204,10 +236,11 @@ def main() -> None:
     ap.add_argument("--job-prompts", type=int, default=512)
     ap.add_argument("--skip-job", action="store_true")
     ap.add_argument("--driver-prompts", type=int, default=100_000, help="0: skip the driver-side phases")
+    ap.add_argument("--dpo-steps", type=int, default=4, help="DPO + DeepSpeed ZeRO-2 bf16 steps (0: skip)")
     args = ap.parse_args()
 
     t_all = time.perf_counter()
-    env = {m: have(m) for m in ("torch", "transformers", "pydantic", "pyarrow", "vllm", "ray")}
+    env = {m: have(m) for m in ("torch", "transformers", "pydantic", "pyarrow", "vllm", "ray", "trl", "deepspeed")}
     record: dict = {"bench": "gpu_check", "modules": env, "skipped": {}, "metrics": []}
     if not env["torch"]:
         record["skipped"]["all"] = "torch is not installed"
@@ -257,6 +290,17 @@ def main() -> None:
         if not args.skip_job:
             record["job"] = job_part(args, policy, rm, tmp)
             record["metrics"] += record["job"].get("metrics", [])
+    if not args.dpo_steps:
+        record["skipped"]["dpo"] = "--dpo-steps 0"
+    elif missing := [m for m in ("trl", "deepspeed", "pydantic", "pyarrow") if not env[m]]:
+        record["skipped"]["dpo"] = f"needs trl, deepspeed, pydantic and pyarrow; missing {missing} (carry them as wheels)"
+    else:
+        policy = Path(args.model) if args.model else (tmp / "mid_policy" if (tmp / "mid_policy").exists()
+                                                      else build_mid_llama(tmp / "mid_policy", False, args.tokenizer))
+        record["dpo"] = dpo_part(args, policy, tmp)
+        record["metrics"] += record["dpo"].get("metrics", [])
+        if "skipped" in record["dpo"]:
+            record["skipped"]["dpo"] = record["dpo"]["skipped"]
     if args.driver_prompts:
         record["driver"] = driver_part(args, tmp)
         record["metrics"] += record["driver"].get("metrics", [])
