@@ -259,24 +259,34 @@ def _rates(session: list[dict], wall: float, t_start: float) -> dict:
     # engine seconds: each actor reports its running total, so the last (largest) one per actor
     engine: dict[str, float] = {}
     admit: dict[str, float] = {}
+    engine_ready: dict[str, float] = {}
     for row in session:
         engine[row["sampler_id"]] = max(engine.get(row["sampler_id"], 0.0), row["engine_busy"])
         admit[row["sampler_id"]] = max(admit.get(row["sampler_id"], 0.0), row["engine_admit"])
+        engine_ready[row["sampler_id"]] = row["sampler_ready"]
     s["t_engine"], s["t_admit"] = sum(engine.values()), sum(admit.values())
     busy = lambda n, t: round(n / t, 2) if t > 0 else None  # noqa: E731
     # the steady part of the job: from the moment the last actor had loaded to the last commit
     # (Ray start, engine and model loads excluded), what a bench compares with raw generation
     ready = max(max(row["sampler_ready"], row["scorer_ready"]) for row in session)
-    steady = max(row["committed_at"] for row in session) - ready
+    last_commit = max(row["committed_at"] for row in session)
+    steady = last_commit - ready
+    # each engine's own time from its load to the last commit: an engine that loaded before the last
+    # actor did was already working (a restarted one, later, had less time)
+    engine_s = sum(last_commit - t for t in engine_ready.values())
     return {
         "wall_s": round(wall, 1),
         "actors_ready_s": round(ready - t_start, 2),
+        # when each actor had loaded (its model), seconds after the job started
+        "sampler_ready_s": sorted(round(t - t_start, 2) for t in engine_ready.values()),
+        "scorer_ready_s": sorted(round(t - t_start, 2) for t in {row["scorer_id"]: row["scorer_ready"]
+                                                                  for row in session}.values()),
         "first_commit_s": round(min(row["committed_at"] for row in session) - ready, 2),
         "steady_wall_s": round(steady, 2),
-        # the share of the steady wall each engine spent inside vLLM: its steps, and adding requests
-        # (vLLM's input processing, on the engine's thread); the rest it waited for the job
-        "engine_busy_share": round((s["t_engine"] + s["t_admit"]) / (steady * len(engine)), 3) if steady > 0 else None,
-        "engine_step_share": round(s["t_engine"] / (steady * len(engine)), 3) if steady > 0 else None,
+        # the share of its time (load to last commit) each engine spent inside vLLM: its steps, and
+        # adding requests (vLLM's input processing, on the engine's thread); the rest it waited for the job
+        "engine_busy_share": round((s["t_engine"] + s["t_admit"]) / engine_s, 3) if engine_s > 0 else None,
+        "engine_step_share": round(s["t_engine"] / engine_s, 3) if engine_s > 0 else None,
         "prompts_per_s": round(s["prompts"] / wall, 3),
         "output_tokens_per_s": round(s["output_tokens"] / wall, 1),
         "responses_scored_per_s": round(s["responses"] / wall, 2),
